@@ -1,0 +1,321 @@
+"""ExperimentConfig: one run, frozen and validated; its canonical hash.
+
+Field names match the reference runner's flags (`--noise-steps` <-> `noise_steps`). Anything
+derivable (layer names, resolved layer configs, seeds, hashes) is derived here, never stored.
+Validation errors name the flag, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
+from typing import Any
+
+from . import archspec
+from .errors import ConfigError
+from .layerconf import resolve_init, resolve_trainable
+from .perturbspec import PerturbSpec
+
+DATASETS = ("mnist", "fashion-mnist", "kmnist", "emnist")
+EMNIST_SPLITS = {"balanced": 47, "letters": 26, "byclass": 62, "bymerge": 47, "digits": 10, "mnist": 10}
+BASE_CLASSES = {"mnist": 10, "fashion-mnist": 10, "kmnist": 10}
+MODEL_TYPES = ("mlp", "cnn")
+NOISE_DISTS = ("uniform", "normal", "perlin")
+DISTILL_LOSSES = ("mse", "kl", "standardized-mse")
+CLASS_SELECTIONS = ("first",)
+INPUT_SHAPE = (1, 28, 28)
+
+# Fields that never change results: where to read and write, labels, and the device.
+NON_RESULT_FIELDS = frozenset(
+    {"outdir", "data_dir", "device", "num_workers", "sweep_name", "run_label", "append_global"}
+)
+
+
+def flag(name: str) -> str:
+    """The CLI flag of a config field."""
+    return "--" + name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Every setting of one teacher -> student run. Defaults are the reference runner's."""
+
+    # run and output
+    seed: int = 42
+    device: str = "auto"
+    outdir: str = "./outputs"
+    data_dir: str = "./MNIST"
+    num_workers: int = 0
+    sweep_name: str = "default"
+    run_label: str = ""
+    append_global: bool = False
+    # data
+    dataset: str = "mnist"
+    emnist_split: str = "balanced"
+    class_count: int | None = None
+    class_selection: str = "first"
+    classes: tuple[int, ...] | None = None
+    # models
+    teacher_type: str = "mlp"
+    student_type: str = "mlp"
+    teacher_hidden_dims: tuple[int, ...] = (256, 256)
+    student_hidden_dims: tuple[int, ...] = (256, 256)
+    teacher_arch_spec: str | None = None  # JSON text of a CNN layer list
+    student_arch_spec: str | None = None
+    m: int = 10
+    teacher_init: str = "all:A"
+    student_init: str = "all:A"
+    teacher_trainable: str = "all:true"
+    student_trainable: str = "all:true"
+    # training
+    teacher_epochs: int = 5
+    student_epochs: int = 5
+    data_bsize: int = 1024
+    noise_bsize: int = 1000
+    noise_steps: int = 60
+    teacher_lr: float = 1e-3
+    student_lr: float = 1e-3
+    distill_loss: str = "mse"
+    temperature: float = 1.0
+    # noise
+    noise_dist: str = "uniform"
+    perlin_res: int = 4
+    normalize_noise: bool = False
+    eval_noise_batches: int = 10
+    eval_noise_bsize: int = 1000
+    # perturbations
+    perturb: tuple[PerturbSpec, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    # ---------------------------------------------------------------- validation
+    def _validate(self) -> None:
+        for name in ("seed", "num_workers"):
+            _int(name, getattr(self, name), minimum=0)
+        for name in (
+            "m",
+            "teacher_epochs",
+            "student_epochs",
+            "data_bsize",
+            "noise_bsize",
+            "noise_steps",
+            "perlin_res",
+            "eval_noise_batches",
+            "eval_noise_bsize",
+        ):
+            _int(name, getattr(self, name), minimum=1)
+        for name in ("teacher_lr", "student_lr", "temperature"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
+                raise ConfigError(flag(name), v, "expected a finite number > 0")
+        _choice("dataset", self.dataset, DATASETS)
+        if self.dataset == "emnist":
+            _choice("emnist_split", self.emnist_split, tuple(EMNIST_SPLITS))
+        _choice("class_selection", self.class_selection, CLASS_SELECTIONS)
+        for name in ("teacher_type", "student_type"):
+            _choice(name, getattr(self, name), MODEL_TYPES)
+        _choice("noise_dist", self.noise_dist, NOISE_DISTS)
+        _choice("distill_loss", self.distill_loss, DISTILL_LOSSES)
+        if not _device_ok(self.device):
+            raise ConfigError("--device", self.device, "expected auto, cpu, cuda, cuda:N or mps")
+        for name in ("teacher_hidden_dims", "student_hidden_dims"):
+            dims = getattr(self, name)
+            if not isinstance(dims, tuple) or not dims or any(
+                isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims
+            ):
+                raise ConfigError(flag(name), dims, "expected comma-separated integers >= 1")
+        base = self.base_num_classes
+        if self.class_count is not None and self.classes is not None:
+            raise ConfigError("--classes", self.classes, "give --classes or --class-count, not both")
+        if self.class_count is not None:
+            _int("class_count", self.class_count, minimum=2)
+            if self.class_count > base:
+                raise ConfigError(
+                    "--class-count", self.class_count, f"expected 2..{base} for {self.dataset_label}"
+                )
+        if self.classes is not None:
+            c = self.classes
+            if (
+                not isinstance(c, tuple)
+                or len(c) < 2
+                or len(set(c)) != len(c)
+                or any(isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < base for x in c)
+            ):
+                raise ConfigError(
+                    "--classes",
+                    c,
+                    f"expected at least 2 distinct labels in 0..{base - 1} for {self.dataset_label}",
+                )
+        # derived structure: builds and validates specs, layer names and layer configs
+        for role in ("teacher", "student"):
+            self.feature_shapes(role)
+        self.resolved_layer_configs  # noqa: B018 (validates)
+        for i, spec in enumerate(self.perturb):
+            if not isinstance(spec, PerturbSpec):
+                raise ConfigError("--perturb", spec, "expected a PerturbSpec")
+            names = self.layer_names(spec.target)
+            bad = [n for n in spec.layers if n != "all" and n not in names]
+            if bad:
+                raise ConfigError(
+                    f"--perturb[{i}] layers",
+                    bad[0],
+                    f"unknown {spec.target} layer; available: all, {', '.join(names)}",
+                )
+
+    # ---------------------------------------------------------------- derived facts
+    @property
+    def base_num_classes(self) -> int:
+        """Classes of the dataset before any class selection."""
+        if self.dataset == "emnist":
+            return EMNIST_SPLITS[self.emnist_split]
+        return BASE_CLASSES[self.dataset]
+
+    @property
+    def dataset_label(self) -> str:
+        return f"emnist/{self.emnist_split}" if self.dataset == "emnist" else self.dataset
+
+    @property
+    def selected_classes(self) -> tuple[int, ...] | None:
+        """Original labels kept, in the order they are remapped to 0..K-1 (None: all)."""
+        if self.classes is not None:
+            return self.classes
+        if self.class_count is not None:
+            return tuple(range(self.class_count))
+        return None
+
+    @property
+    def num_classes(self) -> int:
+        sel = self.selected_classes
+        return len(sel) if sel is not None else self.base_num_classes
+
+    def arch_spec(self, role: str) -> list[dict[str, Any]] | None:
+        """The normalised CNN layer list of `role` (None for an MLP)."""
+        return self._specs[role]
+
+    @cached_property
+    def _specs(self) -> dict[str, list[dict[str, Any]] | None]:
+        out: dict[str, list[dict[str, Any]] | None] = {}
+        for role in ("teacher", "student"):
+            if getattr(self, f"{role}_type") != "cnn":
+                out[role] = None
+                continue
+            text = getattr(self, f"{role}_arch_spec")
+            key = f"--{role}-arch-spec"
+            if text is None:
+                out[role] = archspec.default_cnn_spec(getattr(self, f"{role}_hidden_dims"))
+            else:
+                out[role] = archspec.normalize_cnn_spec(archspec.parse_json_spec(text, key), key)
+        return out
+
+    def hidden_dims(self, role: str) -> tuple[int, ...]:
+        return getattr(self, f"{role}_hidden_dims")
+
+    def feature_shapes(self, role: str) -> list[tuple[int, ...]]:
+        """Output shape of each feature layer of `role` (for a CNN, validated against 28x28)."""
+        spec = self.arch_spec(role)
+        if spec is None:
+            return [(d,) for d in self.hidden_dims(role)]
+        return archspec.cnn_shapes(spec, INPUT_SHAPE, f"--{role}-arch-spec")
+
+    def layer_names(self, role: str) -> list[str]:
+        """Layer names of `role` in order, heads last."""
+        return archspec.layer_names(
+            getattr(self, f"{role}_type"), self.hidden_dims(role), self.arch_spec(role)
+        )
+
+    @cached_property
+    def resolved_layer_configs(self) -> dict[str, dict[str, Any]]:
+        """{teacher_init, student_init, teacher_trainable, student_trainable}: {layer: value}."""
+        out: dict[str, dict[str, Any]] = {}
+        for role in ("teacher", "student"):
+            names = self.layer_names(role)
+            out[f"{role}_init"] = resolve_init(
+                getattr(self, f"{role}_init"), names, f"--{role}-init"
+            )
+            out[f"{role}_trainable"] = resolve_trainable(
+                getattr(self, f"{role}_trainable"), names, f"--{role}-trainable"
+            )
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, JSON-ready (perturbations as dicts, tuples as lists)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["perturb"] = [p.to_dict() for p in self.perturb]
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+    def result_dict(self) -> dict[str, Any]:
+        """The fields that change results, with layer configs and specs in resolved form."""
+        d = {k: v for k, v in self.to_dict().items() if k not in NON_RESULT_FIELDS}
+        d.update(self.resolved_layer_configs)
+        for role in ("teacher", "student"):
+            d[f"{role}_arch_spec"] = self.arch_spec(role)
+        if self.dataset != "emnist":
+            d.pop("emnist_split")
+        d["classes"] = list(self.selected_classes) if self.selected_classes else None
+        d.pop("class_count")
+        d.pop("class_selection")
+        if self.distill_loss != "kl":
+            d.pop("temperature")
+        if self.noise_dist != "perlin":
+            d.pop("perlin_res")
+        return d
+
+    @cached_property
+    def config_hash(self) -> str:
+        """Canonical hash of the fields that change results (16 hex digits).
+
+        Equivalent spellings (`A,A,A,A` vs `all:A`, `--class-count 3` vs `--classes 0,1,2`)
+        hash the same; output paths, labels and the device do not enter it.
+        """
+        text = json.dumps(self.result_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def replace(self, **changes: Any) -> ExperimentConfig:
+        """A validated copy with some fields changed."""
+        return replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExperimentConfig:
+        """Build from plain values (lists for tuples, dicts for perturbations)."""
+        from .perturbspec import from_mapping
+
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(unknown[0], data[unknown[0]], "unknown config field")
+        d = dict(data)
+        for k in ("teacher_hidden_dims", "student_hidden_dims", "classes"):
+            if isinstance(d.get(k), list):
+                d[k] = tuple(d[k])
+        if "perturb" in d:
+            d["perturb"] = tuple(
+                p if isinstance(p, PerturbSpec) else from_mapping(p, "perturb") for p in d["perturb"]
+            )
+        return cls(**d)
+
+
+def _int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(flag(name), value, f"expected an integer >= {minimum}")
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(flag(name), value, f"allowed: {', '.join(allowed)}")
+
+
+def _device_ok(device: str) -> bool:
+    if device in ("auto", "cpu", "cuda", "mps"):
+        return True
+    head, _, idx = str(device).partition(":")
+    return head == "cuda" and idx.isdigit()
+
+
+__all__ = ["ExperimentConfig", "flag"]

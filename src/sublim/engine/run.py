@@ -1,0 +1,268 @@
+"""One experiment, start to finish: config in, RunRecord out. Pure compute: writes no files.
+
+Timeline (perturbations apply at their timing; "initial" snapshots and accuracies are taken
+after the perturbations of that stage's "before" timing):
+
+ 1. build teacher and student from their init sources
+ 2. before_teacher_training perturbations; teacher initial snapshot and accuracy
+ 3. teacher training (cross-entropy on class_head)
+ 4. after_teacher_training, then before_student_training perturbations;
+    student initial snapshot, accuracy and aux MSE against the trained teacher
+ 5. student training (distillation on aux_head over noise)
+ 6. after_student_training perturbations; final snapshots, accuracies and aux MSE
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .. import seeds
+from ..config import ExperimentConfig
+from ..data.datasets import ImageData, load_dataset, select_classes
+from ..models import build_model, model_seed, parameter_counts
+from ..records import RunRecord
+from .metrics import COMPARISONS, layer_rows, snapshot
+from .perturb import apply_perturbations
+from .train import Normalizer, aux_mse, evaluate, train_student, train_teacher
+
+# runs.csv compact aliases: alias comparison name -> layer_metrics comparison name
+ALIASES = {
+    "init_teacher_student": "teacher_student_init",
+    "final_teacher_student": "teacher_student_final",
+    "student_init_final": "student_init_final",
+    "teacher_init_final": "teacher_init_final",
+}
+_ALIAS_METRICS = {"cos": "cosine", "rel_fro": "relative_diff_reference", "diff_norm": "diff_norm"}
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda if available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@functools.lru_cache(maxsize=4)
+def _raw_data(dataset: str, emnist_split: str, data_dir: str, progress: bool) -> ImageData:
+    return load_dataset(dataset, data_dir, emnist_split=emnist_split, progress=progress)
+
+
+def load_data(config: ExperimentConfig, progress: bool = False) -> ImageData:
+    """The config's dataset with its class selection (cached in-process across runs)."""
+    data = _raw_data(config.dataset, config.emnist_split, config.data_dir, progress)
+    sel = config.selected_classes
+    return data if sel is None else select_classes(data, sel)
+
+
+def seed_info(config: ExperimentConfig) -> dict[str, int]:
+    """Every derived seed that the outputs record, by purpose."""
+    s = config.seed
+    return {
+        "rng_base": s,
+        "teacher_model_seed": model_seed(config, "teacher"),
+        "student_model_seed": model_seed(config, "student"),
+        "teacher_training_seed": seeds.derive(s, "teacher_training"),
+        "student_training_seed": seeds.derive(s, "student_noise"),
+        "dataloader_seed": seeds.derive(s, "dataloader"),
+    }
+
+
+@dataclass
+class _Stage:
+    """Everything one run measured, before it becomes rows."""
+
+    results: dict[str, float]
+    snaps: dict[str, Any]
+    perturb_rows: list[dict[str, Any]]
+
+
+def _execute(
+    config: ExperimentConfig,
+    data: ImageData,
+    device: torch.device,
+    progress: bool,
+    log: Callable[[str], None],
+) -> tuple[_Stage, Any, Any]:
+    teacher = build_model(config, "teacher", device)
+    student = build_model(config, "student", device)
+    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
+    test_x, test_y = data.test_x.to(device), data.test_y.to(device)
+    norm = Normalizer(data.mean, data.std, device)
+    noise_norm = (data.mean, data.std) if config.normalize_noise else None
+    prows: list[dict[str, Any]] = []
+    r: dict[str, float] = {}
+    snaps: dict[str, Any] = {}
+
+    prows += apply_perturbations(config, teacher, "teacher", "before_teacher_training")
+    prows += apply_perturbations(config, student, "student", "before_teacher_training")
+    snaps["teacher_init"] = snapshot(teacher)
+    r["teacher_init_acc"], r["teacher_init_class_loss"] = evaluate(teacher, test_x, test_y, norm)
+    r["teacher_train_loss_last"] = train_teacher(config, teacher, train_x, train_y, norm, progress)
+    log(f"teacher trained: test accuracy {evaluate(teacher, test_x, test_y, norm)[0]:.4f}")
+
+    for timing in ("after_teacher_training", "before_student_training"):
+        prows += apply_perturbations(config, teacher, "teacher", timing)
+        prows += apply_perturbations(config, student, "student", timing)
+    snaps["student_init"] = snapshot(student)
+    r["student_init_acc"], r["student_init_class_loss"] = evaluate(student, test_x, test_y, norm)
+    r["student_init_aux_loss"] = aux_mse(config, student, teacher, device, "initial", noise_norm)
+    r["student_train_aux_loss_last"] = train_student(
+        config, student, teacher, device, noise_norm, progress
+    )
+
+    prows += apply_perturbations(config, teacher, "teacher", "after_student_training")
+    prows += apply_perturbations(config, student, "student", "after_student_training")
+    snaps["teacher_final"], snaps["student_final"] = snapshot(teacher), snapshot(student)
+    r["teacher_final_acc"], r["teacher_final_class_loss"] = evaluate(teacher, test_x, test_y, norm)
+    r["student_final_acc"], r["student_final_class_loss"] = evaluate(student, test_x, test_y, norm)
+    r["student_final_aux_loss"] = aux_mse(config, student, teacher, device, "final", noise_norm)
+    return _Stage(r, snaps, prows), teacher, student
+
+
+def run(
+    config: ExperimentConfig,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> RunRecord:
+    """Run one experiment and return its rows (nothing is written; see sublim.store)."""
+    log = log or (lambda _msg: None)
+    start = time.perf_counter()
+    timestamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    run_id = f"{timestamp[:19].replace(':', '').replace('-', '')}-{uuid.uuid4().hex[:10]}"
+    device = resolve_device(config.device)
+    data = load_data(config, progress)
+    stage, teacher, student = _execute(config, data, device, progress, log)
+
+    layer: list[dict[str, Any]] = []
+    for comparison, (rm, rs, om, os_) in COMPARISONS.items():
+        layer += layer_rows(comparison, stage.snaps[f"{rm}_{rs}"], stage.snaps[f"{om}_{os_}"])
+    common = {
+        "run_id": run_id,
+        "seed": config.seed,
+        "sweep_name": config.sweep_name,
+        "run_label": config.run_label,
+    }
+    row = _run_row(config, data, device, stage.results, teacher, student, layer)
+    row.update(run_id=run_id, timestamp=timestamp)
+    row["runtime_seconds"] = time.perf_counter() - start
+    layer_metrics = [{**common, **lr_, "config_hash": config.config_hash} for lr_ in layer]
+    perturbations = [{**common, **p, "config_hash": config.config_hash} for p in stage.perturb_rows]
+    return RunRecord(
+        seed=config.seed,
+        run=row,
+        layer_metrics=layer_metrics,
+        perturbations=perturbations,
+        config=_config_line(config, run_id, timestamp, teacher, student),
+    )
+
+
+def _run_row(
+    config: ExperimentConfig,
+    data: ImageData,
+    device: torch.device,
+    results: dict[str, float],
+    teacher: Any,
+    student: Any,
+    layer: list[dict[str, Any]],
+) -> dict[str, Any]:
+    c = config
+    t_total, t_train = parameter_counts(teacher)
+    s_total, s_train = parameter_counts(student)
+    resolved = c.resolved_layer_configs
+    row: dict[str, Any] = {
+        "run_id": "",
+        "timestamp": "",
+        "runtime_seconds": 0.0,
+        "sweep_name": c.sweep_name,
+        "run_label": c.run_label,
+        "seed": c.seed,
+        **seed_info(c),
+        "torch_version": torch.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "device": str(device),
+        "dataset": c.dataset,
+        "emnist_split": c.emnist_split if c.dataset == "emnist" else "",
+        "train_size": int(data.train_x.shape[0]),
+        "test_size": int(data.test_x.shape[0]),
+        "num_classes": c.num_classes,
+        "data_dir": c.data_dir,
+        "outdir": c.outdir,
+        "teacher_type": c.teacher_type,
+        "student_type": c.student_type,
+        "teacher_hidden_dims": list(c.teacher_hidden_dims),
+        "student_hidden_dims": list(c.student_hidden_dims),
+        "teacher_arch_description": teacher.describe(),
+        "student_arch_description": student.describe(),
+        "teacher_layer_names": c.layer_names("teacher"),
+        "student_layer_names": c.layer_names("student"),
+        "m": c.m,
+        "teacher_epochs": c.teacher_epochs,
+        "student_epochs": c.student_epochs,
+        "data_bsize": c.data_bsize,
+        "noise_bsize": c.noise_bsize,
+        "noise_steps": c.noise_steps,
+        "teacher_lr": c.teacher_lr,
+        "student_lr": c.student_lr,
+        "noise_dist": c.noise_dist,
+        "perlin_res": c.perlin_res,
+        "normalize_noise": c.normalize_noise,
+        "eval_noise_batches": c.eval_noise_batches,
+        "eval_noise_bsize": c.eval_noise_bsize,
+        "teacher_init_config": resolved["teacher_init"],
+        "student_init_config": resolved["student_init"],
+        "teacher_trainable_config": resolved["teacher_trainable"],
+        "student_trainable_config": resolved["student_trainable"],
+        "perturb_specs": [p.to_dict() for p in c.perturb],
+        "teacher_total_parameters": t_total,
+        "student_total_parameters": s_total,
+        "teacher_trainable_parameters": t_train,
+        "student_trainable_parameters": s_train,
+        **results,
+        "class_count": c.class_count,
+        "class_selection": c.class_selection,
+        "base_num_classes": c.base_num_classes,
+    }
+    index = {(r["comparison"], r["layer_name"], r["tensor_kind"]): r for r in layer}
+    for alias, comparison in ALIASES.items():
+        for head in ("class_head", "aux_head"):
+            for kind in ("weight", "bias"):
+                lr_ = index.get((comparison, head, kind), {})
+                for prefix, key in _ALIAS_METRICS.items():
+                    row[f"{prefix}_{alias}_{head}_{kind}"] = lr_.get(key, float("nan"))
+    row.update(
+        config_hash=c.config_hash,
+        classes=list(c.selected_classes) if c.selected_classes else None,
+        distill_loss=c.distill_loss,
+        temperature=c.temperature,
+    )
+    return row
+
+
+def _config_line(
+    config: ExperimentConfig, run_id: str, timestamp: str, teacher: Any, student: Any
+) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "timestamp": timestamp,
+        "config_hash": config.config_hash,
+        "effective_config": config.to_dict(),
+        **{f"resolved_{k}": v for k, v in config.resolved_layer_configs.items()},
+        "teacher_arch_description": teacher.describe(),
+        "student_arch_description": student.describe(),
+        "teacher_arch_spec": config.arch_spec("teacher"),
+        "student_arch_spec": config.arch_spec("student"),
+        "seed_info": seed_info(config),
+    }
+
+
+def run_many(configs: list[ExperimentConfig], progress: bool = False) -> list[RunRecord]:
+    """The records `[run(c) for c in configs]` would give (batched execution is a later step)."""
+    return [run(c, progress=progress) for c in configs]

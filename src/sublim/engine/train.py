@@ -1,0 +1,186 @@
+"""The two training stages and the evaluations, on tensors held on the device.
+
+Images stay uint8 on the device and are normalised one batch at a time; shuffling and noise
+come from derived seeds. Each stage asks its model only for the head its loss reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .. import seeds
+from ..config import INPUT_SHAPE, ExperimentConfig
+from ..data.noise import noise_batch
+from ..models import SplitHeadNet
+from .losses import get_loss
+
+NoiseNorm = tuple[tuple[float, ...], tuple[float, ...]] | None  # (mean, std) or None
+
+
+class Normalizer:
+    """(x / 255 - mean) / std for uint8 image batches, as one multiply and one subtract."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device):
+        m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        s = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.scale, self.shift = 1.0 / (255.0 * s), m / s
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float().mul_(self.scale).sub_(self.shift)
+
+
+@contextmanager
+def _bar(total: int, desc: str, enabled: bool) -> Iterator[tqdm]:
+    bar = tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def _adam(net: SplitHeadNet, lr: float, heads: tuple[str, ...]) -> torch.optim.Adam | None:
+    """Adam over the trainable parameters that the loss can reach (features + `heads`)."""
+    params = [
+        p
+        for name, layer in net.layers.items()
+        if name not in ("class_head", "aux_head") or name in heads
+        for p in layer.parameters()
+        if p.requires_grad
+    ]
+    return torch.optim.Adam(params, lr=lr) if params else None
+
+
+def train_teacher(
+    config: ExperimentConfig,
+    net: SplitHeadNet,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    norm: Normalizer,
+    progress: bool = False,
+) -> float:
+    """Adam + cross-entropy on class_head over the labelled set; returns last epoch's mean loss."""
+    n, bs = train_x.shape[0], config.data_bsize
+    steps = (n + bs - 1) // bs
+    opt = _adam(net, config.teacher_lr, ("class_head",))
+    net.train()
+    last = float("nan")
+    with _bar(config.teacher_epochs * steps, "teacher", progress) as bar:
+        for epoch in range(config.teacher_epochs):
+            gen = seeds.generator(config.seed, "dataloader", epoch)
+            perm = torch.randperm(n, generator=gen).to(train_x.device)
+            total = torch.zeros((), device=train_x.device)
+            for i in range(steps):
+                idx = perm[i * bs : (i + 1) * bs]
+                loss = F.cross_entropy(net.class_logits(norm(train_x[idx])), train_y[idx])
+                if opt is not None:
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                total += loss.detach() * idx.numel()
+                bar.update(1)
+                if progress and i % 10 == 0:
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}")
+            last = total.item() / n
+    return last
+
+
+def student_noise(
+    config: ExperimentConfig, step: int, device: torch.device, norm: NoiseNorm = None
+) -> torch.Tensor:
+    """Noise batch `step` of the student's stream (independent of steps per epoch and epochs)."""
+    x = noise_batch(
+        config.seed,
+        ("student_noise",),
+        step,
+        config.noise_dist,
+        config.noise_bsize,
+        INPUT_SHAPE,
+        config.perlin_res,
+        norm,
+    )
+    return x.to(device, non_blocking=True)
+
+
+def train_student(
+    config: ExperimentConfig,
+    student: SplitHeadNet,
+    teacher: SplitHeadNet,
+    device: torch.device,
+    noise_norm: NoiseNorm = None,
+    progress: bool = False,
+) -> float:
+    """Adam on the distillation loss between aux heads over fresh noise; last epoch's mean loss."""
+    loss_fn = get_loss(config.distill_loss)
+    opt = _adam(student, config.student_lr, ("aux_head",))
+    teacher.eval()
+    student.train()
+    steps = config.noise_steps
+    last = float("nan")
+    with _bar(config.student_epochs * steps, "student", progress) as bar:
+        for epoch in range(config.student_epochs):
+            total = torch.zeros((), device=device)
+            for i in range(steps):
+                x = student_noise(config, epoch * steps + i, device, noise_norm)
+                with torch.no_grad():
+                    target = teacher.aux_logits(x)
+                loss = loss_fn(student.aux_logits(x), target, config)
+                if opt is not None:
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                total += loss.detach()
+                bar.update(1)
+                if progress and i % 10 == 0:
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.5f}")
+            last = total.item() / steps
+    return last
+
+
+@torch.no_grad()
+def evaluate(
+    net: SplitHeadNet, x: torch.Tensor, y: torch.Tensor, norm: Normalizer, bsize: int = 2000
+) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of class_head on a labelled set."""
+    net.eval()
+    correct = torch.zeros((), device=x.device)
+    loss = torch.zeros((), device=x.device, dtype=torch.float64)
+    for i in range(0, x.shape[0], bsize):
+        logits = net.class_logits(norm(x[i : i + bsize]))
+        yb = y[i : i + bsize]
+        correct += (logits.argmax(dim=1) == yb).sum()
+        loss += F.cross_entropy(logits, yb, reduction="sum").double()
+    n = x.shape[0]
+    return correct.item() / n, loss.item() / n
+
+
+@torch.no_grad()
+def aux_mse(
+    config: ExperimentConfig,
+    student: SplitHeadNet,
+    teacher: SplitHeadNet,
+    device: torch.device,
+    which: str,
+    noise_norm: NoiseNorm = None,
+) -> float:
+    """MSE between student and teacher aux heads on the evaluation noise draw `which`."""
+    student.eval()
+    teacher.eval()
+    total = torch.zeros((), device=device, dtype=torch.float64)
+    for b in range(config.eval_noise_batches):
+        x = noise_batch(
+            config.seed,
+            ("eval_noise", which),
+            b,
+            config.noise_dist,
+            config.eval_noise_bsize,
+            INPUT_SHAPE,
+            config.perlin_res,
+            noise_norm,
+        ).to(device)
+        total += F.mse_loss(student.aux_logits(x), teacher.aux_logits(x)).double()
+    return total.item() / config.eval_noise_batches

@@ -1,0 +1,116 @@
+"""The split-head network: feature layers (linear or conv) read by a class head and an aux head.
+
+An MLP is the special case of a spec with only linear layers, so one class serves both. The
+class head and the aux head both read the last feature layer; callers ask for the head(s) they
+need, so no loss or metric pays for a head it does not read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import archspec
+
+_ACT = {"relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}
+
+
+def mlp_spec(hidden_dims: Sequence[int]) -> list[dict[str, Any]]:
+    """The layer list of the reference MLP: fc1..fcN, each linear + ReLU."""
+    return [
+        {"name": f"fc{i + 1}", "type": "linear", "out_features": int(d), "bias": True, "activation": "relu"}
+        for i, d in enumerate(hidden_dims)
+    ]
+
+
+class SplitHeadNet(nn.Module):
+    """Feature layers from a normalised spec, then `class_head` and `aux_head` (both linear)."""
+
+    def __init__(
+        self,
+        spec: list[dict[str, Any]],
+        in_shape: tuple[int, int, int],
+        num_classes: int,
+        m: int,
+        kind: str,
+    ) -> None:
+        super().__init__()
+        self.kind, self.spec, self.in_shape = kind, spec, tuple(in_shape)
+        self.shapes = archspec.cnn_shapes(spec, self.in_shape, kind)
+        self.layers = nn.ModuleDict()
+        prev: tuple[int, ...] = self.in_shape
+        for entry, shape in zip(spec, self.shapes):
+            if entry["type"] == "conv2d":
+                self.layers[entry["name"]] = nn.Conv2d(
+                    prev[0],
+                    entry["out_channels"],
+                    entry["kernel_size"],
+                    stride=entry["stride"],
+                    padding=entry["padding"],
+                    dilation=entry["dilation"],
+                    bias=entry["bias"],
+                )
+            else:
+                fan_in = 1
+                for d in prev:
+                    fan_in *= d
+                self.layers[entry["name"]] = nn.Linear(fan_in, entry["out_features"], entry["bias"])
+            prev = shape
+        self.feature_dim = archspec.feature_dim(self.shapes)
+        self.layers["class_head"] = nn.Linear(self.feature_dim, num_classes)
+        self.layers["aux_head"] = nn.Linear(self.feature_dim, m)
+        self._steps = [(e, self.layers[e["name"]]) for e in spec]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the feature layers; returns [batch, feature_dim]."""
+        flat = False
+        for entry, layer in self._steps:
+            if entry["type"] == "linear" and not flat:
+                x, flat = x.flatten(1), True
+            x = layer(x)
+            act = _ACT.get(entry["activation"])
+            if act is not None:
+                x = act(x)
+            pool = entry.get("pool")
+            if pool is not None:
+                if pool["type"] == "max":
+                    x = F.max_pool2d(x, pool["kernel_size"], pool["stride"], pool["padding"])
+                elif pool["type"] == "avg":
+                    x = F.avg_pool2d(x, pool["kernel_size"], pool["stride"], pool["padding"])
+                else:
+                    x = F.adaptive_avg_pool2d(x, pool["output_size"])
+        return x if flat else x.flatten(1)
+
+    def class_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers["class_head"](self.features(x))
+
+    def aux_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers["aux_head"](self.features(x))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.features(x)
+        return self.layers["class_head"](h), self.layers["aux_head"](h)
+
+    def describe(self) -> str:
+        """One-line architecture description, with every layer's output shape."""
+        parts = [f"{self.kind} in {'x'.join(map(str, self.in_shape))}"]
+        for entry, shape in zip(self.spec, self.shapes):
+            text = f"{entry['name']} {entry['type']}"
+            if entry["type"] == "conv2d":
+                text += f" k{entry['kernel_size']} s{entry['stride']} p{entry['padding']}"
+                if entry["dilation"] != 1:
+                    text += f" d{entry['dilation']}"
+            if entry["activation"] != "none":
+                text += f" {entry['activation']}"
+            pool = entry.get("pool")
+            if pool is not None:
+                size = pool.get("output_size", pool.get("kernel_size"))
+                text += f" {pool['type']}pool{size}"
+            parts.append(f"{text} -> {'x'.join(map(str, shape))}")
+        parts.append(f"class_head {self.feature_dim}->{self.layers['class_head'].out_features}")
+        parts.append(f"aux_head {self.feature_dim}->{self.layers['aux_head'].out_features}")
+        return "; ".join(parts)
