@@ -66,7 +66,7 @@ def _normalize_pool(flag: str, pool: Any) -> dict[str, Any] | None:
     if isinstance(pool, str):
         pool = {"type": pool}
     if not isinstance(pool, dict):
-        raise ConfigError(f"{flag} pool", pool, "expected an object like {\"type\": \"max\"}")
+        raise ConfigError(f"{flag} pool", pool, 'expected an object like {"type": "max"}')
     unknown = set(pool) - _POOL_KEYS
     if unknown:
         raise ConfigError(f"{flag} pool", sorted(unknown)[0], f"allowed keys: {sorted(_POOL_KEYS)}")
@@ -156,7 +156,9 @@ def parse_json_spec(text: str, flag: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(flag, _short(text), f"not valid JSON ({exc.msg} at char {exc.pos})")
+        raise ConfigError(
+            flag, _short(text), f"not valid JSON ({exc.msg} at char {exc.pos})"
+        ) from None
 
 
 def _short(text: str, limit: int = 60) -> str:
@@ -192,7 +194,11 @@ def cnn_shapes(
         if entry["type"] == "conv2d":
             (kh, kw), (sh, sw) = _hw(entry["kernel_size"]), _hw(entry["stride"])
             (ph, pw), (dh, dw) = _hw(entry["padding"]), _hw(entry["dilation"])
-            c, h, w = entry["out_channels"], _out_len(h, kh, sh, ph, dh), _out_len(w, kw, sw, pw, dw)
+            c, h, w = (
+                entry["out_channels"],
+                _out_len(h, kh, sh, ph, dh),
+                _out_len(w, kw, sw, pw, dw),
+            )
             pool = entry["pool"]
             if pool is not None and h > 0 and w > 0:
                 if pool["type"] == "adaptive_avg":

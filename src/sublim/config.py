@@ -20,7 +20,14 @@ from .layerconf import resolve_init, resolve_trainable
 from .perturbspec import PerturbSpec
 
 DATASETS = ("mnist", "fashion-mnist", "kmnist", "emnist")
-EMNIST_SPLITS = {"balanced": 47, "letters": 26, "byclass": 62, "bymerge": 47, "digits": 10, "mnist": 10}
+EMNIST_SPLITS = {
+    "balanced": 47,
+    "letters": 26,
+    "byclass": 62,
+    "bymerge": 47,
+    "digits": 10,
+    "mnist": 10,
+}
 BASE_CLASSES = {"mnist": 10, "fashion-mnist": 10, "kmnist": 10}
 MODEL_TYPES = ("mlp", "cnn")
 NOISE_DISTS = ("uniform", "normal", "perlin")
@@ -110,7 +117,12 @@ class ExperimentConfig:
             _int(name, getattr(self, name), minimum=1)
         for name in ("teacher_lr", "student_lr", "temperature"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, int | float)
+                or not math.isfinite(v)
+                or v <= 0
+            ):
                 raise ConfigError(flag(name), v, "expected a finite number > 0")
         _choice("dataset", self.dataset, DATASETS)
         if self.dataset == "emnist":
@@ -124,18 +136,24 @@ class ExperimentConfig:
             raise ConfigError("--device", self.device, "expected auto, cpu, cuda, cuda:N or mps")
         for name in ("teacher_hidden_dims", "student_hidden_dims"):
             dims = getattr(self, name)
-            if not isinstance(dims, tuple) or not dims or any(
-                isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims
+            if (
+                not isinstance(dims, tuple)
+                or not dims
+                or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims)
             ):
                 raise ConfigError(flag(name), dims, "expected comma-separated integers >= 1")
         base = self.base_num_classes
         if self.class_count is not None and self.classes is not None:
-            raise ConfigError("--classes", self.classes, "give --classes or --class-count, not both")
+            raise ConfigError(
+                "--classes", self.classes, "give --classes or --class-count, not both"
+            )
         if self.class_count is not None:
             _int("class_count", self.class_count, minimum=2)
             if self.class_count > base:
                 raise ConfigError(
-                    "--class-count", self.class_count, f"expected 2..{base} for {self.dataset_label}"
+                    "--class-count",
+                    self.class_count,
+                    f"expected 2..{base} for {self.dataset_label}",
                 )
         if self.classes is not None:
             c = self.classes
@@ -143,7 +161,9 @@ class ExperimentConfig:
                 not isinstance(c, tuple)
                 or len(c) < 2
                 or len(set(c)) != len(c)
-                or any(isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < base for x in c)
+                or any(
+                    isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < base for x in c
+                )
             ):
                 raise ConfigError(
                     "--classes",
@@ -296,7 +316,8 @@ class ExperimentConfig:
                 d[k] = tuple(d[k])
         if "perturb" in d:
             d["perturb"] = tuple(
-                p if isinstance(p, PerturbSpec) else from_mapping(p, "perturb") for p in d["perturb"]
+                p if isinstance(p, PerturbSpec) else from_mapping(p, "perturb")
+                for p in d["perturb"]
             )
         return cls(**d)
 

@@ -60,7 +60,7 @@ def _resolve(
                 f"{len(entries)} positional entries for {len(names)} layers "
                 f"({', '.join(names)}); give exactly one per layer or use name:value",
             )
-        return {n: parse(e, flag) for n, e in zip(names, entries)}
+        return {n: parse(e, flag) for n, e in zip(names, entries, strict=True)}
     pairs = [tuple(p.strip() for p in e.split(":", 1)) for e in entries]
     out: dict[str, object] = {n: default for n in names}
     for name, value in pairs:

@@ -67,7 +67,9 @@ def from_mapping(data: dict[str, Any], flag: str) -> PerturbSpec:
     """Build a validated spec from a dict of fields (JSON object or parsed shorthand)."""
     unknown = [k for k in data if k not in KEYS]
     if unknown:
-        raise ConfigError(flag, unknown[0], f"unknown perturbation field; allowed: {', '.join(KEYS)}")
+        raise ConfigError(
+            flag, unknown[0], f"unknown perturbation field; allowed: {', '.join(KEYS)}"
+        )
     if "std" in data and "sigma" in data:
         raise ConfigError(flag, "sigma", "give std or sigma, not both")
     target = str(data.get("target", "student")).strip().lower()
@@ -130,7 +132,9 @@ def parse_json(text: str, flag: str = "--perturb-spec") -> list[PerturbSpec]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(flag, text[:60], f"not valid JSON ({exc.msg} at char {exc.pos})")
+        raise ConfigError(
+            flag, text[:60], f"not valid JSON ({exc.msg} at char {exc.pos})"
+        ) from None
     items = data if isinstance(data, list) else [data]
     if not all(isinstance(d, dict) for d in items):
         raise ConfigError(flag, text[:60], "expected a JSON object or a list of objects")

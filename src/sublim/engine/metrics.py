@@ -36,7 +36,11 @@ def snapshot(net: nn.Module) -> Snapshot:
     out: Snapshot = {}
     for name, layer in net.layers.items():  # type: ignore[union-attr]
         out[name] = {
-            k: (None if getattr(layer, k, None) is None else getattr(layer, k).detach().cpu().clone())
+            k: (
+                None
+                if getattr(layer, k, None) is None
+                else getattr(layer, k).detach().cpu().clone()
+            )
             for k in TENSOR_KINDS
         }
     return out

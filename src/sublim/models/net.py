@@ -22,7 +22,13 @@ _ACT = {"relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh, "sigmoid": torch.sig
 def mlp_spec(hidden_dims: Sequence[int]) -> list[dict[str, Any]]:
     """The layer list of the reference MLP: fc1..fcN, each linear + ReLU."""
     return [
-        {"name": f"fc{i + 1}", "type": "linear", "out_features": int(d), "bias": True, "activation": "relu"}
+        {
+            "name": f"fc{i + 1}",
+            "type": "linear",
+            "out_features": int(d),
+            "bias": True,
+            "activation": "relu",
+        }
         for i, d in enumerate(hidden_dims)
     ]
 
@@ -43,7 +49,7 @@ class SplitHeadNet(nn.Module):
         self.shapes = archspec.cnn_shapes(spec, self.in_shape, kind)
         self.layers = nn.ModuleDict()
         prev: tuple[int, ...] = self.in_shape
-        for entry, shape in zip(spec, self.shapes):
+        for entry, shape in zip(spec, self.shapes, strict=True):
             if entry["type"] == "conv2d":
                 self.layers[entry["name"]] = nn.Conv2d(
                     prev[0],
@@ -98,7 +104,7 @@ class SplitHeadNet(nn.Module):
     def describe(self) -> str:
         """One-line architecture description, with every layer's output shape."""
         parts = [f"{self.kind} in {'x'.join(map(str, self.in_shape))}"]
-        for entry, shape in zip(self.spec, self.shapes):
+        for entry, shape in zip(self.spec, self.shapes, strict=True):
             text = f"{entry['name']} {entry['type']}"
             if entry["type"] == "conv2d":
                 text += f" k{entry['kernel_size']} s{entry['stride']} p{entry['padding']}"

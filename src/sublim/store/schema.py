@@ -1,0 +1,200 @@
+"""Column lists of the result files, in the reference order (spec/REFERENCE.md).
+
+Column names and their order are a contract with users' analysis scripts, so they live here
+once and every writer and reader takes them from this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+RUNS_BASE_COLUMNS: list[str] = [
+    "schema_version",
+    "run_id",
+    "timestamp",
+    "runtime_seconds",
+    "sweep_name",
+    "run_label",
+    "seed",
+    "rng_base",
+    "teacher_model_seed",
+    "student_model_seed",
+    "teacher_training_seed",
+    "student_training_seed",
+    "dataloader_seed",
+    "torch_version",
+    "cuda_available",
+    "device",
+    "dataset",
+    "emnist_split",
+    "train_size",
+    "test_size",
+    "num_classes",
+    "data_dir",
+    "outdir",
+    "teacher_type",
+    "student_type",
+    "teacher_hidden_dims",
+    "student_hidden_dims",
+    "teacher_arch_description",
+    "student_arch_description",
+    "teacher_layer_names",
+    "student_layer_names",
+    "m",
+    "teacher_epochs",
+    "student_epochs",
+    "data_bsize",
+    "noise_bsize",
+    "noise_steps",
+    "teacher_lr",
+    "student_lr",
+    "noise_dist",
+    "perlin_res",
+    "normalize_noise",
+    "eval_noise_batches",
+    "eval_noise_bsize",
+    "teacher_init_config",
+    "student_init_config",
+    "teacher_trainable_config",
+    "student_trainable_config",
+    "perturb_specs",
+    "teacher_total_parameters",
+    "student_total_parameters",
+    "teacher_trainable_parameters",
+    "student_trainable_parameters",
+    "teacher_init_acc",
+    "teacher_final_acc",
+    "student_init_acc",
+    "student_final_acc",
+    "teacher_init_class_loss",
+    "teacher_final_class_loss",
+    "student_init_class_loss",
+    "student_final_class_loss",
+    "student_init_aux_loss",
+    "student_final_aux_loss",
+    "teacher_train_loss_last",
+    "student_train_aux_loss_last",
+    "class_count",
+    "class_selection",
+    "base_num_classes",
+]
+
+# Compact aliases: alias comparison name -> `comparison` value in layer_metrics.csv.
+ALIAS_COMPARISONS: dict[str, str] = {
+    "init_teacher_student": "teacher_student_init",
+    "final_teacher_student": "teacher_student_final",
+    "student_init_final": "student_init_final",
+    "teacher_init_final": "teacher_init_final",
+}
+ALIAS_HEADS: tuple[str, ...] = ("class_head", "aux_head")
+ALIAS_TENSORS: tuple[str, ...] = ("weight", "bias")
+# Alias metric prefix -> layer_metrics.csv column it copies (rel_fro = ||a-b||_F / ||a||_F).
+ALIAS_METRICS: dict[str, str] = {
+    "cos": "cosine",
+    "rel_fro": "relative_diff_reference",
+    "diff_norm": "diff_norm",
+}
+
+
+def alias_column(metric: str, comparison: str, head: str, tensor: str) -> str:
+    """Name of one compact alias column, e.g. `cos_init_teacher_student_class_head_weight`."""
+    return f"{metric}_{comparison}_{head}_{tensor}"
+
+
+# Nesting, outermost first: comparison, head, tensor, metric. So the three metrics of one
+# tensor sit side by side (cos, rel_fro, diff_norm), as REFERENCE.md lists them.
+COMPACT_ALIAS_COLUMNS: list[str] = [
+    alias_column(metric, comparison, head, tensor)
+    for comparison in ALIAS_COMPARISONS
+    for head in ALIAS_HEADS
+    for tensor in ALIAS_TENSORS
+    for metric in ALIAS_METRICS
+]
+
+RUNS_COLUMNS: list[str] = RUNS_BASE_COLUMNS + COMPACT_ALIAS_COLUMNS
+
+LAYER_METRICS_COLUMNS: list[str] = [
+    "schema_version",
+    "run_id",
+    "seed",
+    "sweep_name",
+    "run_label",
+    "comparison",
+    "reference_model",
+    "other_model",
+    "reference_state",
+    "other_state",
+    "layer_name",
+    "tensor_kind",
+    "reference_shape",
+    "other_shape",
+    "status",
+    "cosine",
+    "diff_norm",
+    "reference_norm",
+    "other_norm",
+    "relative_diff_reference",
+    "relative_diff_symmetric",
+]
+
+PERTURBATION_STAT_FIELDS: tuple[str, ...] = (
+    "delta_norm",
+    "before_norm",
+    "after_norm",
+    "delta_rel",
+    "before_after_cosine",
+)
+
+PERTURBATION_COLUMNS: list[str] = [
+    "schema_version",
+    "run_id",
+    "seed",
+    "sweep_name",
+    "run_label",
+    "timing",
+    "target",
+    "layer_name",
+    "std",
+    "include_weight",
+    "include_bias",
+    "distribution",
+    "perturb_seed",
+] + [f"{tensor}_{stat}" for tensor in ("weight", "bias") for stat in PERTURBATION_STAT_FIELDS]
+
+# Columns every child row (layer_metrics, perturbations) shares with its run row.
+SHARED_RUN_KEYS: tuple[str, ...] = ("schema_version", "run_id", "seed", "sweep_name", "run_label")
+
+
+def ordered_columns(base: list[str], rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Schema columns, then extra keys found in rows in first-seen order, so no value is lost."""
+    columns = list(base)
+    seen = set(columns)
+    for row in rows:
+        for key in row:
+            if key not in seen:
+                seen.add(key)
+                columns.append(key)
+    return columns
+
+
+def compact_aliases(layer_metrics: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Compact alias values for a runs.csv row, picked from that run's layer_metrics rows."""
+    wanted = {
+        (comparison, head, tensor): alias
+        for alias, comparison in ALIAS_COMPARISONS.items()
+        for head in ALIAS_HEADS
+        for tensor in ALIAS_TENSORS
+    }
+    out: dict[str, Any] = {}
+    for row in layer_metrics:
+        key = (row.get("comparison"), row.get("layer_name"), row.get("tensor_kind"))
+        alias = wanted.get(key)  # type: ignore[arg-type]
+        if alias is None:
+            continue
+        _, head, tensor = key
+        for metric, source in ALIAS_METRICS.items():
+            out[alias_column(metric, alias, head, tensor)] = row.get(source)
+    return out
