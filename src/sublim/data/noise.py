@@ -50,14 +50,20 @@ def sample_noise(
     shape: tuple[int, int, int],
     gen: torch.Generator,
     perlin_res: int = 4,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """n float32 noise images of `shape` (C, H, W): U[-1, 1], N(0, 1) or Perlin in [-1, 1]."""
+    """n float32 noise images of `shape` (C, H, W): U[-1, 1], N(0, 1) or Perlin in [-1, 1].
+
+    Fills `out` in place when given (same values as a fresh tensor).
+    """
+    if out is None:
+        out = torch.empty((n, *shape))
     if dist == "uniform":
-        return torch.rand(n, *shape, generator=gen).mul_(2).sub_(1)
+        return out.uniform_(-1.0, 1.0, generator=gen)
     if dist == "normal":
-        return torch.randn(n, *shape, generator=gen)
+        return out.normal_(generator=gen)
     if dist == "perlin":
-        return perlin(n, shape, perlin_res, gen)
+        return out.copy_(perlin(n, shape, perlin_res, gen))
     raise ValueError(f"unknown noise distribution {dist!r}; allowed: {', '.join(NOISE_DISTS)}")
 
 
@@ -70,13 +76,14 @@ def noise_batch(
     shape: tuple[int, int, int],
     perlin_res: int = 4,
     normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Batch `index` of the noise stream (seed, *purpose), optionally normalised (x - mean) / std.
 
     Drawn on the CPU so that a stream is identical on every device.
     """
     gen = seeds.generator(seed, *purpose, index)
-    x = sample_noise(dist, n, shape, gen, perlin_res)
+    x = sample_noise(dist, n, shape, gen, perlin_res, out)
     if normalize is not None:
         mean, std = normalize
         m = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)

@@ -18,20 +18,37 @@ from ..config import INPUT_SHAPE, ExperimentConfig
 from ..data.noise import noise_batch
 from ..models import SplitHeadNet
 from .losses import get_loss
+from .optim import Adam
 
 NoiseNorm = tuple[tuple[float, ...], tuple[float, ...]] | None  # (mean, std) or None
 
 
 class Normalizer:
-    """(x / 255 - mean) / std for uint8 image batches, as one multiply and one subtract."""
+    """(x / 255 - mean) / std for uint8 image batches, as one multiply and one subtract.
+
+    `take` gathers rows into reused buffers: fresh multi-MB tensors every step cost more in
+    page faults than the conversion itself.
+    """
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device):
         m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         s = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.scale, self.shift = 1.0 / (255.0 * s), m / s
+        self._u8: torch.Tensor | None = None
+        self._f32: torch.Tensor | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return x.float().mul_(self.scale).sub_(self.shift)
+
+    def take(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Normalised x[idx], written into buffers reused across calls (valid until the next)."""
+        n = idx.numel()
+        if self._u8 is None or self._u8.shape[0] < n or self._u8.shape[1:] != x.shape[1:]:
+            self._u8 = torch.empty((n, *x.shape[1:]), dtype=x.dtype, device=x.device)
+            self._f32 = torch.empty((n, *x.shape[1:]), dtype=torch.float32, device=x.device)
+        u8, f32 = self._u8[:n], self._f32[:n]  # type: ignore[index]
+        torch.index_select(x, 0, idx, out=u8)
+        return f32.copy_(u8).mul_(self.scale).sub_(self.shift)
 
 
 @contextmanager
@@ -43,7 +60,7 @@ def _bar(total: int, desc: str, enabled: bool) -> Iterator[tqdm]:
         bar.close()
 
 
-def _adam(net: SplitHeadNet, lr: float, heads: tuple[str, ...]) -> torch.optim.Adam | None:
+def _adam(net: SplitHeadNet, lr: float, heads: tuple[str, ...]) -> Adam | None:
     """Adam over the trainable parameters that the loss can reach (features + `heads`)."""
     params = [
         p
@@ -52,7 +69,7 @@ def _adam(net: SplitHeadNet, lr: float, heads: tuple[str, ...]) -> torch.optim.A
         for p in layer.parameters()
         if p.requires_grad
     ]
-    return torch.optim.Adam(params, lr=lr) if params else None
+    return Adam(params, lr=lr) if params else None
 
 
 def train_teacher(
@@ -76,9 +93,9 @@ def train_teacher(
             total = torch.zeros((), device=train_x.device)
             for i in range(steps):
                 idx = perm[i * bs : (i + 1) * bs]
-                loss = F.cross_entropy(net.class_logits(norm(train_x[idx])), train_y[idx])
+                loss = F.cross_entropy(net.class_logits(norm.take(train_x, idx)), train_y[idx])
                 if opt is not None:
-                    opt.zero_grad(set_to_none=True)
+                    opt.zero_grad()
                     loss.backward()
                     opt.step()
                 total += loss.detach() * idx.numel()
@@ -90,9 +107,16 @@ def train_teacher(
 
 
 def student_noise(
-    config: ExperimentConfig, step: int, device: torch.device, norm: NoiseNorm = None
+    config: ExperimentConfig,
+    step: int,
+    device: torch.device,
+    norm: NoiseNorm = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Noise batch `step` of the student's stream (independent of steps per epoch and epochs)."""
+    """Noise batch `step` of the student's stream (independent of steps per epoch and epochs).
+
+    `out` (CPU, float32) is filled in place when given, to avoid a fresh buffer every step.
+    """
     x = noise_batch(
         config.seed,
         ("student_noise",),
@@ -102,8 +126,9 @@ def student_noise(
         INPUT_SHAPE,
         config.perlin_res,
         norm,
+        out=out,
     )
-    return x.to(device, non_blocking=True)
+    return x.to(device)
 
 
 def train_student(
@@ -121,16 +146,17 @@ def train_student(
     student.train()
     steps = config.noise_steps
     last = float("nan")
+    buf = torch.empty((config.noise_bsize, *INPUT_SHAPE))
     with _bar(config.student_epochs * steps, "student", progress) as bar:
         for epoch in range(config.student_epochs):
             total = torch.zeros((), device=device)
             for i in range(steps):
-                x = student_noise(config, epoch * steps + i, device, noise_norm)
+                x = student_noise(config, epoch * steps + i, device, noise_norm, buf)
                 with torch.no_grad():
                     target = teacher.aux_logits(x)
                 loss = loss_fn(student.aux_logits(x), target, config)
                 if opt is not None:
-                    opt.zero_grad(set_to_none=True)
+                    opt.zero_grad()
                     loss.backward()
                     opt.step()
                 total += loss.detach()

@@ -1,0 +1,99 @@
+"""Benchmark: the default experiment (MLP 256,256, m = 10, 5 + 5 epochs, 60 noise steps).
+
+Prints, in one process:
+  - matmul throughput of this machine (FLOP/s of square and layer-shaped fp32 matmuls),
+  - the default run's engine time, its floating-point operations (counted by
+    torch.utils.flop_counter on a separate pass) and achieved FLOP/s as a fraction of matmul,
+  - the wall time and peak RSS of the full CLI (`sublim run --quiet`) in a fresh process.
+
+Targets on the 2-core reference CPU: CLI wall <= 8 s, >= 60 % of matmul FLOP/s, RSS <= 600 MB.
+Usage: python benchmarks/default_run.py [--repeats N] [--skip-cli]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from sublim import ExperimentConfig
+from sublim.engine import load_data, run
+
+
+def matmul_flops(seconds: float = 1.0) -> float:
+    """Best fp32 matmul FLOP/s over square 2048 and the default run's layer shapes."""
+    best = 0.0
+    for m, k, n in ((2048, 2048, 2048), (1024, 784, 256), (1000, 256, 784), (784, 1024, 256)):
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        for _ in range(3):
+            a @ b
+        reps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / 4:
+            a @ b
+            reps += 1
+        best = max(best, 2 * m * k * n * reps / (time.perf_counter() - start))
+    return best
+
+
+def count_flops(config: ExperimentConfig) -> int:
+    """Floating-point operations of one run, as executed (forward and backward matmuls)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        run(config)
+    return counter.get_total_flops()
+
+
+def cli_wall() -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of `sublim run --quiet` in a fresh process."""
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "sublim", "run", "--quiet", "--device", "cpu", "--outdir", out],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        wall = time.perf_counter() - start
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return wall, rss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=2, help="timed engine runs (best kept)")
+    parser.add_argument("--skip-cli", action="store_true", help="skip the fresh-process CLI run")
+    args = parser.parse_args()
+    config = ExperimentConfig(device="cpu")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus")
+    load_data(config)
+    peak = matmul_flops()
+    print(f"matmul throughput: {peak / 1e9:.1f} GFLOP/s")
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        record = run(config)
+        times.append(time.perf_counter() - start)
+    engine = min(times)
+    flops = count_flops(config)
+    achieved = flops / engine
+    r = record.run
+    print(
+        f"default run: engine {engine:.2f} s (runs: {', '.join(f'{t:.2f}' for t in times)}), "
+        f"teacher acc {r['teacher_final_acc']:.4f}, student acc {r['student_final_acc']:.4f}"
+    )
+    print(f"flops: {flops / 1e12:.3f} TFLOP counted")
+    print(f"achieved: {achieved / 1e9:.1f} GFLOP/s = {100 * achieved / peak:.0f} % of matmul")
+    if not args.skip_cli:
+        wall, rss = cli_wall()
+        print(f"cli wall (fresh process, incl. imports and data load): {wall:.2f} s")
+        print(f"cli peak RSS: {rss:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
