@@ -220,11 +220,13 @@ class ExperimentConfig:
     def _specs(self) -> dict[str, list[dict[str, Any]] | None]:
         out: dict[str, list[dict[str, Any]] | None] = {}
         for role in ("teacher", "student"):
-            if getattr(self, f"{role}_type") != "cnn":
-                out[role] = None
-                continue
             text = getattr(self, f"{role}_arch_spec")
             key = f"--{role}-arch-spec"
+            if getattr(self, f"{role}_type") != "cnn":
+                if text is not None:  # ignored for an MLP (as in the reference), but must parse
+                    archspec.parse_json_spec(text, key)
+                out[role] = None
+                continue
             if text is None:
                 out[role] = archspec.default_cnn_spec(getattr(self, f"{role}_hidden_dims"))
             else:
