@@ -142,3 +142,53 @@ def test_subliminal_learning_on_mnist() -> None:
     assert same["student_final_acc"] > 0.2
     assert same["student_final_acc"] > rand_aux["student_final_acc"] + 0.1
     assert same["student_final_aux_loss"] < same["student_init_aux_loss"]
+
+
+def test_teacher_key_ignores_m_and_student_fields() -> None:
+    from sublim.engine.teacher import teacher_key
+
+    base = ExperimentConfig()
+    for same in (
+        base.replace(m=50),
+        base.replace(student_init="random,A,A,A", noise_steps=5, student_lr=0.1),
+        base.replace(teacher_trainable="all:true,aux_head:false"),  # never trained anyway
+        base.replace(perturb=(parse_shorthand("student:fc1,std=0.1"),)),
+    ):
+        assert teacher_key(same) == teacher_key(base)
+    for other in (
+        base.replace(seed=1),
+        base.replace(teacher_epochs=2),
+        base.replace(teacher_init="all:B"),
+        base.replace(classes=(0, 1)),
+        base.replace(
+            perturb=(parse_shorthand("teacher:fc1,std=0.1,timing=after_teacher_training"),)
+        ),
+    ):
+        assert teacher_key(other) != teacher_key(base)
+    aux = parse_shorthand("teacher:aux_head,std=0.1,timing=before_teacher_training")
+    assert teacher_key(base.replace(perturb=(aux,))) != teacher_key(
+        base.replace(m=3, perturb=(aux,))
+    )
+
+
+def test_shared_teacher_gives_the_same_rows_as_separate_runs() -> None:
+    from sublim.engine import run_many
+    from sublim.engine.teacher import TeacherState
+
+    configs = [
+        ExperimentConfig(**TINY, m=3),
+        ExperimentConfig(**TINY, m=7, student_init="all:A,fc1:random"),
+    ]
+    shared = run_many(configs)
+    for config, rec in zip(configs, shared, strict=True):
+        alone = run(config)
+        keys = [k for k in alone.run if k not in ("run_id", "timestamp", "runtime_seconds")]
+        assert {k: rec.run[k] for k in keys} == {k: alone.run[k] for k in keys}
+    # the cache round trip keeps everything
+    from sublim.engine import load_data
+    from sublim.engine.teacher import train_teacher_stage
+
+    ts = train_teacher_stage(configs[0], load_data(configs[0]), torch.device("cpu"))
+    again = TeacherState.from_bytes(ts.to_bytes())
+    assert again.key == ts.key and again.metrics == ts.metrics
+    assert all(torch.equal(again.state[k], v) for k, v in ts.state.items())

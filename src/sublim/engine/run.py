@@ -18,7 +18,6 @@ import datetime as _dt
 import functools
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,19 +27,12 @@ from .. import seeds
 from ..config import ExperimentConfig
 from ..data.datasets import ImageData, load_dataset, select_classes
 from ..models import build_model, model_seed, parameter_counts
-from ..records import RunRecord
+from ..perturbspec import TIMINGS
+from ..records import RunRecord, compact_aliases
 from .metrics import COMPARISONS, layer_rows, snapshot
 from .perturb import apply_perturbations
-from .train import Normalizer, aux_mse, evaluate, train_student, train_teacher
-
-# runs.csv compact aliases: alias comparison name -> layer_metrics comparison name
-ALIASES = {
-    "init_teacher_student": "teacher_student_init",
-    "final_teacher_student": "teacher_student_final",
-    "student_init_final": "student_init_final",
-    "teacher_init_final": "teacher_init_final",
-}
-_ALIAS_METRICS = {"cos": "cosine", "rel_fro": "relative_diff_reference", "diff_norm": "diff_norm"}
+from .teacher import TeacherState, teacher_key, train_teacher_stage
+from .train import Normalizer, aux_mse, evaluate, train_student
 
 
 def resolve_device(name: str) -> torch.device:
@@ -89,28 +81,25 @@ def _execute(
     data: ImageData,
     device: torch.device,
     progress: bool,
-    log: Callable[[str], None],
+    teacher_state: TeacherState | None,
 ) -> tuple[_Stage, Any, Any]:
-    teacher = build_model(config, "teacher", device)
+    if teacher_state is None:
+        teacher_state = train_teacher_stage(config, data, device, progress)
+    elif teacher_state.key != teacher_key(config):
+        raise ValueError("teacher_state was trained for another teacher configuration")
+    teacher = teacher_state.model(config, device)
     student = build_model(config, "student", device)
-    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     test_x, test_y = data.test_x.to(device), data.test_y.to(device)
     norm = Normalizer(data.mean, data.std, device)
     noise_norm = (data.mean, data.std) if config.normalize_noise else None
-    prows: list[dict[str, Any]] = []
-    r: dict[str, float] = {}
-    snaps: dict[str, Any] = {}
-
-    prows += apply_perturbations(config, teacher, "teacher", "before_teacher_training")
-    prows += apply_perturbations(config, student, "student", "before_teacher_training")
-    snaps["teacher_init"] = snapshot(teacher)
-    r["teacher_init_acc"], r["teacher_init_class_loss"] = evaluate(teacher, test_x, test_y, norm)
-    r["teacher_train_loss_last"] = train_teacher(config, teacher, train_x, train_y, norm, progress)
-    log(f"teacher trained: test accuracy {evaluate(teacher, test_x, test_y, norm)[0]:.4f}")
-
-    for timing in ("after_teacher_training", "before_student_training"):
-        prows += apply_perturbations(config, teacher, "teacher", timing)
+    r: dict[str, float] = dict(teacher_state.metrics)
+    snaps: dict[str, Any] = {"teacher_init": teacher_state.snapshot_for(config, teacher)}
+    prows = list(teacher_state.perturb_rows)
+    # the student is untouched by the teacher stage, so its early perturbations can come now
+    for timing in ("before_teacher_training", "after_teacher_training"):
         prows += apply_perturbations(config, student, "student", timing)
+    prows += apply_perturbations(config, teacher, "teacher", "before_student_training")
+    prows += apply_perturbations(config, student, "student", "before_student_training")
     snaps["student_init"] = snapshot(student)
     r["student_init_acc"], r["student_init_class_loss"] = evaluate(student, test_x, test_y, norm)
     r["student_init_aux_loss"] = aux_mse(config, student, teacher, device, "initial", noise_norm)
@@ -124,22 +113,27 @@ def _execute(
     r["teacher_final_acc"], r["teacher_final_class_loss"] = evaluate(teacher, test_x, test_y, norm)
     r["student_final_acc"], r["student_final_class_loss"] = evaluate(student, test_x, test_y, norm)
     r["student_final_aux_loss"] = aux_mse(config, student, teacher, device, "final", noise_norm)
+    order = {t: i for i, t in enumerate(TIMINGS)}
+    prows.sort(key=lambda row: order[row["timing"]])  # stable: spec order within a timing
     return _Stage(r, snaps, prows), teacher, student
 
 
 def run(
     config: ExperimentConfig,
     progress: bool = False,
-    log: Callable[[str], None] | None = None,
+    teacher_state: TeacherState | None = None,
 ) -> RunRecord:
-    """Run one experiment and return its rows (nothing is written; see sublim.store)."""
-    log = log or (lambda _msg: None)
+    """Run one experiment and return its rows (nothing is written; see sublim.store).
+
+    `teacher_state` (from `train_teacher_stage` for a config with the same `teacher_key`) skips
+    the teacher stage; the rows are the same as without it.
+    """
     start = time.perf_counter()
     timestamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     run_id = f"{timestamp[:19].replace(':', '').replace('-', '')}-{uuid.uuid4().hex[:10]}"
     device = resolve_device(config.device)
     data = load_data(config, progress)
-    stage, teacher, student = _execute(config, data, device, progress, log)
+    stage, teacher, student = _execute(config, data, device, progress, teacher_state)
 
     layer: list[dict[str, Any]] = []
     for comparison, (rm, rs, om, os_) in COMPARISONS.items():
@@ -230,13 +224,7 @@ def _run_row(
         "class_selection": c.class_selection,
         "base_num_classes": c.base_num_classes,
     }
-    index = {(r["comparison"], r["layer_name"], r["tensor_kind"]): r for r in layer}
-    for alias, comparison in ALIASES.items():
-        for head in ("class_head", "aux_head"):
-            for kind in ("weight", "bias"):
-                lr_ = index.get((comparison, head, kind), {})
-                for prefix, key in _ALIAS_METRICS.items():
-                    row[f"{prefix}_{alias}_{head}_{kind}"] = lr_.get(key, float("nan"))
+    row.update(compact_aliases(layer))
     row.update(
         config_hash=c.config_hash,
         classes=list(c.selected_classes) if c.selected_classes else None,
@@ -264,5 +252,12 @@ def _config_line(
 
 
 def run_many(configs: list[ExperimentConfig], progress: bool = False) -> list[RunRecord]:
-    """The records `[run(c) for c in configs]` would give (batched execution is a later step)."""
-    return [run(c, progress=progress) for c in configs]
+    """The records `[run(c) for c in configs]` would give; runs sharing a teacher train it once."""
+    teachers: dict[str, TeacherState] = {}
+    records = []
+    for c in configs:
+        key = teacher_key(c)
+        if key not in teachers:
+            teachers[key] = train_teacher_stage(c, load_data(c), resolve_device(c.device), progress)
+        records.append(run(c, progress=progress, teacher_state=teachers[key]))
+    return records

@@ -9,6 +9,24 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ..records import (
+    ALIAS_COMPARISONS,
+    ALIAS_HEADS,
+    ALIAS_METRICS,
+    ALIAS_TENSORS,
+    alias_column,
+    compact_aliases,
+)
+
+__all__ = [
+    "ALIAS_COMPARISONS",
+    "ALIAS_HEADS",
+    "ALIAS_METRICS",
+    "ALIAS_TENSORS",
+    "alias_column",
+    "compact_aliases",
+]
+
 SCHEMA_VERSION = 1
 
 RUNS_BASE_COLUMNS: list[str] = [
@@ -81,27 +99,6 @@ RUNS_BASE_COLUMNS: list[str] = [
     "class_selection",
     "base_num_classes",
 ]
-
-# Compact aliases: alias comparison name -> `comparison` value in layer_metrics.csv.
-ALIAS_COMPARISONS: dict[str, str] = {
-    "init_teacher_student": "teacher_student_init",
-    "final_teacher_student": "teacher_student_final",
-    "student_init_final": "student_init_final",
-    "teacher_init_final": "teacher_init_final",
-}
-ALIAS_HEADS: tuple[str, ...] = ("class_head", "aux_head")
-ALIAS_TENSORS: tuple[str, ...] = ("weight", "bias")
-# Alias metric prefix -> layer_metrics.csv column it copies (rel_fro = ||a-b||_F / ||a||_F).
-ALIAS_METRICS: dict[str, str] = {
-    "cos": "cosine",
-    "rel_fro": "relative_diff_reference",
-    "diff_norm": "diff_norm",
-}
-
-
-def alias_column(metric: str, comparison: str, head: str, tensor: str) -> str:
-    """Name of one compact alias column, e.g. `cos_init_teacher_student_class_head_weight`."""
-    return f"{metric}_{comparison}_{head}_{tensor}"
 
 
 # Nesting, outermost first: comparison, head, tensor, metric. So the three metrics of one
@@ -178,23 +175,3 @@ def ordered_columns(base: list[str], rows: Iterable[Mapping[str, Any]]) -> list[
                 seen.add(key)
                 columns.append(key)
     return columns
-
-
-def compact_aliases(layer_metrics: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Compact alias values for a runs.csv row, picked from that run's layer_metrics rows."""
-    wanted = {
-        (comparison, head, tensor): alias
-        for alias, comparison in ALIAS_COMPARISONS.items()
-        for head in ALIAS_HEADS
-        for tensor in ALIAS_TENSORS
-    }
-    out: dict[str, Any] = {}
-    for row in layer_metrics:
-        key = (row.get("comparison"), row.get("layer_name"), row.get("tensor_kind"))
-        alias = wanted.get(key)  # type: ignore[arg-type]
-        if alias is None:
-            continue
-        _, head, tensor = key
-        for metric, source in ALIAS_METRICS.items():
-            out[alias_column(metric, alias, head, tensor)] = row.get(source)
-    return out
