@@ -8,6 +8,7 @@ by a killed writer is replayed by the next `open()`.
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,6 +19,7 @@ from ..errors import StoreError
 from ..records import RunRecord
 from . import journal
 from .csvio import (
+    atomic_write_bytes,
     encode_header,
     encode_rows,
     read_header,
@@ -42,6 +44,7 @@ CONFIGS_FILE = "configs.jsonl"
 GLOBAL_RUNS_FILE = "runs_all_seeds.csv"
 GLOBAL_LAYER_METRICS_FILE = "layer_metrics_all_seeds.csv"
 GLOBAL_PERTURBATIONS_FILE = "perturbations_all_seeds.csv"
+TEACHERS_DIR = "teachers"
 
 Row = dict[str, Any]
 
@@ -164,6 +167,48 @@ class RunStore:
             if isinstance(exc, journal.JournalError):
                 raise self._journal_error(exc) from exc
             raise
+
+    # -- resume and caches ---------------------------------------------------------------
+
+    def finished_hashes(self) -> set[str]:
+        """config_hash of every run already in the per-seed runs.csv files (for resuming)."""
+        done: set[str] = set()
+        for path in sorted(self.outdir.glob(f"seed_*/{RUNS_FILE}")):
+            try:
+                with open(path, newline="", encoding="utf-8") as f:
+                    reader = csv.reader(f)
+                    header = next(reader, [])
+                    if "config_hash" not in header:
+                        continue
+                    col = header.index("config_hash")
+                    done.update(row[col] for row in reader if len(row) == len(header))
+            except (OSError, UnicodeDecodeError) as exc:
+                raise self._bad_file(path, f"cannot be read ({exc})") from None
+        return done
+
+    def teacher_path(self, key: str) -> Path:
+        """Where the cached teacher `key` lives: `<outdir>/teachers/<key>.pt`."""
+        return self.outdir / TEACHERS_DIR / f"{key}.pt"
+
+    def load_teacher(self, key: str) -> bytes | None:
+        """The cached teacher's bytes, or None when it is not cached."""
+        try:
+            return self.teacher_path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise self._os_error("read", exc) from exc
+
+    def save_teacher(self, key: str, data: bytes) -> None:
+        """Cache a trained teacher (atomically: a reader sees all of it or nothing)."""
+        if not self.is_open:
+            raise RuntimeError("RunStore.save_teacher called before open() or after close()")
+        path = self.teacher_path(key)
+        try:
+            path.parent.mkdir(exist_ok=True)
+            atomic_write_bytes(path, data)
+        except OSError as exc:
+            raise self._os_error("write to", exc) from exc
 
     # -- internals -----------------------------------------------------------------------
 

@@ -1,0 +1,28 @@
+"""The units of work a sweep sends to executors: pure functions of configs, returning values.
+
+Module-level functions so that process pools and Dask can pickle them by name.
+"""
+
+from __future__ import annotations
+
+from ..config import ExperimentConfig
+from ..engine import load_data, resolve_device, run
+from ..engine.teacher import TeacherState, train_teacher_stage
+from ..records import RunRecord
+from .executors import set_torch_threads
+
+
+def teacher_task(config: ExperimentConfig, threads: int | None = None) -> bytes:
+    """Train the teacher of `config`; returns the serialised TeacherState (for the cache)."""
+    set_torch_threads(threads)
+    state = train_teacher_stage(config, load_data(config), resolve_device(config.device))
+    return state.to_bytes()
+
+
+def runs_task(
+    configs: list[ExperimentConfig], teacher: bytes, threads: int | None = None
+) -> list[RunRecord]:
+    """The student stages of runs that share one trained teacher."""
+    set_torch_threads(threads)
+    state = TeacherState.from_bytes(teacher)
+    return [run(c, teacher_state=state) for c in configs]
