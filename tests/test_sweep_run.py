@@ -89,12 +89,14 @@ def test_sweep_resumes_and_matches_single_runs(spec: Path, tmp_path: Path) -> No
         tmp_path / "o" / "seed_000001" / "runs.csv"
     )
     assert sorted(r["run_id"] for r in per_seed) == sorted(r["run_id"] for r in runs)
-    # a sweep's row equals what `sublim run` gives for the same config
+    # a sweep's row equals what `sublim run` gives for the same config (stacked training:
+    # within the documented tolerance, see tests/test_batch.py)
     config = next(p.config for p in load_spec(spec).points() if p.config.run_label == "rand_m3")
     single = run(config.replace(outdir="o")).run
     row = next(r for r in runs if r["config_hash"] == config.config_hash)
     for key in METRICS:
-        assert float(row[key]) == pytest.approx(single[key], rel=1e-9, abs=1e-12)
+        tol = {"abs": 2e-3} if key.endswith("_acc") else {"rel": 1e-3, "abs": 1e-7}
+        assert float(row[key]) == pytest.approx(single[key], **tol)
 
 
 def test_kill_9_then_rerun_loses_nothing_and_duplicates_nothing(spec: Path, tmp_path: Path) -> None:

@@ -381,12 +381,22 @@ def _summary(record: Any, outdir: Path) -> str:
     )
 
 
+def _check_data_dir(path: str) -> None:
+    if Path(path).exists() and not Path(path).is_dir():
+        raise ConfigError(
+            "--data-dir", path, "is not a directory; give the directory holding the files"
+        )
+
+
 def _cmd_run(ns: argparse.Namespace) -> int:
-    from .engine import load_data, run
     from .store import RunStore, check_writable
 
-    config = config_from_args(ns)
+    config = config_from_args(ns)  # validates before torch is even imported
     check_writable(config.outdir)
+    _check_data_dir(config.data_dir)
+    from .engine import load_data, resolve_device, run
+
+    resolve_device(config.device)
     progress = not ns.quiet and sys.stderr.isatty()
     load_data(config, progress=not ns.quiet)  # data errors surface before any work
     record = run(config, progress=progress)
@@ -445,6 +455,12 @@ def _cmd_sweep(ns: argparse.Namespace) -> int:
             raise
 
     plan = make_plan()  # validates every run before anything is created
+    from .engine import resolve_device
+
+    for device in {c.device for c in plan.pending}:
+        resolve_device(device)
+    for data_dir in {c.data_dir for c in plan.pending}:
+        _check_data_dir(data_dir)
     if ns.dry_run:  # reads only: nothing is created
         print("\n".join(plan.summary()))
         return 0

@@ -26,20 +26,29 @@ import torch
 from .. import seeds
 from ..config import ExperimentConfig
 from ..data.datasets import ImageData, load_dataset, select_classes
-from ..models import build_model, model_seed, parameter_counts
+from ..errors import ConfigError
+from ..models import SplitHeadNet, build_model, model_seed, parameter_counts
 from ..perturbspec import TIMINGS
 from ..records import RunRecord, compact_aliases
 from .metrics import COMPARISONS, layer_rows, snapshot
 from .perturb import apply_perturbations
 from .teacher import TeacherState, teacher_key, train_teacher_stage
-from .train import Normalizer, aux_mse, evaluate, train_student
+from .train import NoiseNorm, Normalizer, aux_mse, evaluate, train_student
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda if available, else cpu."""
+    """'auto' -> cuda if available, else cpu; a device this machine lacks is a ConfigError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index or 0) >= count:
+            have = f"{count} CUDA device(s)" if count else "no CUDA"
+            raise ConfigError("--device", name, f"this machine has {have}; use cpu or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device", name, "MPS is not available here; use cpu or auto")
+    return device
 
 
 @functools.lru_cache(maxsize=4)
@@ -68,28 +77,32 @@ def seed_info(config: ExperimentConfig) -> dict[str, int]:
 
 
 @dataclass
-class _Stage:
-    """Everything one run measured, before it becomes rows."""
+class Prepared:
+    """A run ready for its student stage: models built and perturbed, initial state measured."""
 
+    config: ExperimentConfig
+    data: ImageData
+    device: torch.device
+    teacher: SplitHeadNet
+    student: SplitHeadNet
+    norm: Normalizer
+    noise_norm: NoiseNorm
     results: dict[str, float]
     snaps: dict[str, Any]
     perturb_rows: list[dict[str, Any]]
 
 
-def _execute(
+def prepare(
     config: ExperimentConfig,
     data: ImageData,
     device: torch.device,
-    progress: bool,
-    teacher_state: TeacherState | None,
-) -> tuple[_Stage, Any, Any]:
-    if teacher_state is None:
-        teacher_state = train_teacher_stage(config, data, device, progress)
-    elif teacher_state.key != teacher_key(config):
+    teacher_state: TeacherState,
+) -> Prepared:
+    """Everything before student training (timeline steps 1-4, the teacher from its stage)."""
+    if teacher_state.key != teacher_key(config):
         raise ValueError("teacher_state was trained for another teacher configuration")
     teacher = teacher_state.model(config, device)
     student = build_model(config, "student", device)
-    test_x, test_y = data.test_x.to(device), data.test_y.to(device)
     norm = Normalizer(data.mean, data.std, device)
     noise_norm = (data.mean, data.std) if config.normalize_noise else None
     r: dict[str, float] = dict(teacher_state.metrics)
@@ -101,21 +114,34 @@ def _execute(
     prows += apply_perturbations(config, teacher, "teacher", "before_student_training")
     prows += apply_perturbations(config, student, "student", "before_student_training")
     snaps["student_init"] = snapshot(student)
+    test_x, test_y = data.test_x.to(device), data.test_y.to(device)
     r["student_init_acc"], r["student_init_class_loss"] = evaluate(student, test_x, test_y, norm)
     r["student_init_aux_loss"] = aux_mse(config, student, teacher, device, "initial", noise_norm)
-    r["student_train_aux_loss_last"] = train_student(
-        config, student, teacher, device, noise_norm, progress
-    )
+    return Prepared(config, data, device, teacher, student, norm, noise_norm, r, snaps, prows)
 
+
+def finish(
+    p: Prepared,
+    config: ExperimentConfig,
+    student: SplitHeadNet,
+    teacher: SplitHeadNet,
+    train_loss_last: float,
+    started: float,
+) -> RunRecord:
+    """Timeline step 6 on trained models (changed in place by late perturbations) -> record."""
+    device, data, norm = p.device, p.data, p.norm
+    r = {**p.results, "student_train_aux_loss_last": train_loss_last}
+    prows = list(p.perturb_rows)
     prows += apply_perturbations(config, teacher, "teacher", "after_student_training")
     prows += apply_perturbations(config, student, "student", "after_student_training")
-    snaps["teacher_final"], snaps["student_final"] = snapshot(teacher), snapshot(student)
+    snaps = {**p.snaps, "teacher_final": snapshot(teacher), "student_final": snapshot(student)}
+    test_x, test_y = data.test_x.to(device), data.test_y.to(device)
     r["teacher_final_acc"], r["teacher_final_class_loss"] = evaluate(teacher, test_x, test_y, norm)
     r["student_final_acc"], r["student_final_class_loss"] = evaluate(student, test_x, test_y, norm)
-    r["student_final_aux_loss"] = aux_mse(config, student, teacher, device, "final", noise_norm)
+    r["student_final_aux_loss"] = aux_mse(config, student, teacher, device, "final", p.noise_norm)
     order = {t: i for i, t in enumerate(TIMINGS)}
     prows.sort(key=lambda row: order[row["timing"]])  # stable: spec order within a timing
-    return _Stage(r, snaps, prows), teacher, student
+    return _record(config, data, device, r, snaps, prows, teacher, student, started)
 
 
 def run(
@@ -128,27 +154,43 @@ def run(
     `teacher_state` (from `train_teacher_stage` for a config with the same `teacher_key`) skips
     the teacher stage; the rows are the same as without it.
     """
-    start = time.perf_counter()
-    timestamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    run_id = f"{timestamp[:19].replace(':', '').replace('-', '')}-{uuid.uuid4().hex[:10]}"
+    started = time.perf_counter()
     device = resolve_device(config.device)
     data = load_data(config, progress)
-    stage, teacher, student = _execute(config, data, device, progress, teacher_state)
+    if teacher_state is None:
+        teacher_state = train_teacher_stage(config, data, device, progress)
+    p = prepare(config, data, device, teacher_state)
+    loss = train_student(config, p.student, p.teacher, device, p.noise_norm, progress)
+    return finish(p, config, p.student, p.teacher, loss, started)
 
+
+def _record(
+    config: ExperimentConfig,
+    data: ImageData,
+    device: torch.device,
+    results: dict[str, float],
+    snaps: dict[str, Any],
+    perturb_rows: list[dict[str, Any]],
+    teacher: SplitHeadNet,
+    student: SplitHeadNet,
+    started: float,
+) -> RunRecord:
+    timestamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    run_id = f"{timestamp[:19].replace(':', '').replace('-', '')}-{uuid.uuid4().hex[:10]}"
     layer: list[dict[str, Any]] = []
     for comparison, (rm, rs, om, os_) in COMPARISONS.items():
-        layer += layer_rows(comparison, stage.snaps[f"{rm}_{rs}"], stage.snaps[f"{om}_{os_}"])
+        layer += layer_rows(comparison, snaps[f"{rm}_{rs}"], snaps[f"{om}_{os_}"])
     common = {
         "run_id": run_id,
         "seed": config.seed,
         "sweep_name": config.sweep_name,
         "run_label": config.run_label,
     }
-    row = _run_row(config, data, device, stage.results, teacher, student, layer)
+    row = _run_row(config, data, device, results, teacher, student, layer)
     row.update(run_id=run_id, timestamp=timestamp)
-    row["runtime_seconds"] = time.perf_counter() - start
+    row["runtime_seconds"] = time.perf_counter() - started
     layer_metrics = [{**common, **lr_, "config_hash": config.config_hash} for lr_ in layer]
-    perturbations = [{**common, **p, "config_hash": config.config_hash} for p in stage.perturb_rows]
+    perturbations = [{**common, **p, "config_hash": config.config_hash} for p in perturb_rows]
     return RunRecord(
         seed=config.seed,
         run=row,

@@ -73,11 +73,20 @@ def format_value(value: Any) -> str:
 
 
 def _csv_text(lines: Iterable[Sequence[str]]) -> str:
-    """Rows of already formatted cells as CSV text with `\\n` line ends."""
+    """Rows of already formatted cells as CSV text with `\\n` line ends.
+
+    The writer's terminator is `\\r\\n` so that it quotes cells holding a carriage return
+    (it only quotes terminator characters); each row's final `\\r` is then dropped.
+    """
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerows(lines)
-    return buffer.getvalue()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    out = []
+    for line in lines:
+        buffer.seek(0)
+        buffer.truncate()
+        writer.writerow(line)
+        out.append(buffer.getvalue()[:-2] + "\n")
+    return "".join(out)
 
 
 def encode_header(columns: Sequence[str]) -> bytes:

@@ -17,6 +17,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..config import ExperimentConfig
+from ..engine.batch import plan_stacks
 from ..engine.teacher import teacher_key
 from ..store import RunStore
 from .spec import SweepSpec
@@ -103,8 +104,13 @@ def plan_sweep(
     )
 
 
-def _chunks(items: list[ExperimentConfig], size: int) -> list[list[ExperimentConfig]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
+def _chunks(items: list[ExperimentConfig], size: int | None) -> list[list[ExperimentConfig]]:
+    """Tasks for one teacher's runs: the engine's stacks, split to at most `size` runs."""
+    out = []
+    for stack in plan_stacks(items):
+        step = size or len(stack)
+        out += [stack[i : i + step] for i in range(0, len(stack), step)]
+    return out
 
 
 def execute_sweep(
@@ -116,10 +122,11 @@ def execute_sweep(
 ) -> int:
     """Run the plan's pending runs on `executor`, writing each finished task; returns runs written.
 
-    At most `2 * workers` tasks are in flight. On KeyboardInterrupt, what has finished is written
-    before the interrupt propagates.
+    A task is one stack of runs that train together (see engine.batch.plan_stacks), or at most
+    `chunk_size` runs of it. At most `2 * workers` tasks are in flight. On KeyboardInterrupt,
+    what has finished is written before the interrupt propagates.
     """
-    size = chunk_size or (1 if executor.workers == 1 else 4)
+    size = chunk_size
     queue: deque[tuple[str, str, Any]] = deque()
     for key, configs in plan.groups.items():
         data = store.load_teacher(key) if key in plan.cached else None

@@ -6,7 +6,8 @@ Module-level functions so that process pools and Dask can pickle them by name.
 from __future__ import annotations
 
 from ..config import ExperimentConfig
-from ..engine import load_data, resolve_device, run
+from ..engine import load_data, resolve_device
+from ..engine.batch import run_group
 from ..engine.teacher import TeacherState, train_teacher_stage
 from ..records import RunRecord
 from .executors import set_torch_threads
@@ -22,7 +23,6 @@ def teacher_task(config: ExperimentConfig, threads: int | None = None) -> bytes:
 def runs_task(
     configs: list[ExperimentConfig], teacher: bytes, threads: int | None = None
 ) -> list[RunRecord]:
-    """The student stages of runs that share one trained teacher."""
+    """The student stages of runs that share one trained teacher, stacked where they can be."""
     set_torch_threads(threads)
-    state = TeacherState.from_bytes(teacher)
-    return [run(c, teacher_state=state) for c in configs]
+    return run_group(configs, TeacherState.from_bytes(teacher))

@@ -1,0 +1,243 @@
+"""Many runs that share a teacher, trained as one stacked student: `run_group`.
+
+Batching is invisible: `run_group(configs)` returns what `[run(c) for c in configs]` would,
+within float tolerance (bmm instead of mm changes summation order; see README). Two savings:
+
+* Stacking. MLP students with the same hidden widths, noise stream and learning rate train as
+  K models in one: feature-layer weights are stacked [K, out, in] and run as batched matmuls on
+  the shared noise batch, each model keeps its own aux head (m may differ) and loss, and one
+  Adam over the stacked tensors is K independent Adams (it is elementwise). Frozen layers get
+  their gradient slice zeroed, so their Adam state stays zero and they never move. The teacher's
+  features on each noise batch are computed once for all K.
+* Shared trajectories. The student stage has no schedule and its noise stream does not depend
+  on steps per epoch or epochs, so runs that differ only in `noise_steps` / `student_epochs`
+  are one training: a slot trains to the longest run's step count and each run is recorded when
+  the slot reaches its own (N x E) steps, with its last epoch's mean loss taken from the
+  per-step losses.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..config import ExperimentConfig
+from ..records import RunRecord
+from .losses import get_loss
+from .optim import Adam
+from .run import Prepared, finish, load_data, prepare, resolve_device, run
+from .teacher import TeacherState, teacher_key, train_teacher_stage
+from .train import student_noise
+
+MEMORY_BUDGET = 1.5 * 2**30  # bytes of activations + optimizer state per stack
+MAX_STACK = 64
+
+
+def slot_key(config: ExperimentConfig) -> str:
+    """Identity of a student trajectory: everything but steps per epoch and epoch count."""
+    d = config.result_dict()
+    d.pop("noise_steps")
+    d.pop("student_epochs")
+    text = json.dumps(d, sort_keys=True, separators=(",", ":"), default=list)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def stack_key(config: ExperimentConfig) -> tuple[Any, ...] | None:
+    """Runs with equal keys can train as one stacked model (None: this run cannot stack)."""
+    if config.student_type != "mlp":
+        return None
+    teacher_side = [
+        (i, p.to_dict())
+        for i, p in enumerate(config.perturb)
+        if p.target == "teacher" and p.timing == "before_student_training"
+    ]
+    return (
+        teacher_key(config),
+        config.student_hidden_dims,
+        config.noise_dist,
+        config.perlin_res if config.noise_dist == "perlin" else None,
+        config.normalize_noise,
+        config.noise_bsize,
+        config.student_lr,
+        config.device,
+        json.dumps(teacher_side, sort_keys=True),
+    )
+
+
+def _slot_bytes(config: ExperimentConfig) -> float:
+    """Rough memory of one stacked model: activations (x3 for grads) and params (x4 for Adam)."""
+    dims = [784, *config.student_hidden_dims, config.m]
+    params = sum(a * b + b for a, b in zip(dims[:-1], dims[1:], strict=True))
+    return 4.0 * (3 * config.noise_bsize * sum(dims[1:]) + 4 * params)
+
+
+def plan_stacks(configs: list[ExperimentConfig]) -> list[list[ExperimentConfig]]:
+    """Split runs into batches that train together (each <= the memory budget and MAX_STACK)."""
+    buckets: dict[Any, list[ExperimentConfig]] = {}
+    singles: list[list[ExperimentConfig]] = []
+    for c in configs:
+        key = stack_key(c)
+        if key is None:
+            singles.append([c])
+        else:
+            buckets.setdefault(key, []).append(c)
+    out: list[list[ExperimentConfig]] = []
+    for runs in buckets.values():
+        slots: dict[str, list[ExperimentConfig]] = {}
+        for c in runs:
+            slots.setdefault(slot_key(c), []).append(c)
+        per_slot = _slot_bytes(runs[0])
+        k = max(1, min(MAX_STACK, int(MEMORY_BUDGET // per_slot)))
+        groups = list(slots.values())
+        for i in range(0, len(groups), k):
+            out.append([c for g in groups[i : i + k] for c in g])
+    return out + singles
+
+
+@dataclass
+class _Slot:
+    """One stacked model and the runs recorded along its trajectory."""
+
+    prep: Prepared
+    runs: list[ExperimentConfig] = field(default_factory=list)
+
+
+def run_group(
+    configs: list[ExperimentConfig],
+    teacher_state: TeacherState | None = None,
+    progress: bool = False,
+) -> list[RunRecord]:
+    """Records for `configs` (same order), as `[run(c) for c in configs]` would give them."""
+    if not configs:
+        return []
+    device = resolve_device(configs[0].device)
+    records: dict[int, RunRecord] = {}
+    teachers: dict[str, TeacherState] = {}
+    if teacher_state is not None:
+        teachers[teacher_state.key] = teacher_state
+    index = {id(c): i for i, c in enumerate(configs)}
+    for batch in plan_stacks(configs):
+        key = teacher_key(batch[0])
+        if key not in teachers:
+            teachers[key] = train_teacher_stage(batch[0], load_data(batch[0]), device, progress)
+        if stack_key(batch[0]) is None:
+            for c in batch:
+                records[index[id(c)]] = run(c, progress=progress, teacher_state=teachers[key])
+            continue
+        for c, rec in zip(batch, _train_stack(batch, teachers[key], device), strict=True):
+            records[index[id(c)]] = rec
+    return [records[i] for i in range(len(configs))]
+
+
+def _stacked_features(
+    x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor]
+) -> torch.Tensor:
+    """ReLU MLP features of K stacked models on one shared batch: [B, D] -> [K, B, H]."""
+    h = torch.matmul(x.flatten(1), weights[0].transpose(1, 2)).add_(biases[0][:, None, :])
+    h = F.relu(h)
+    for w, b in zip(weights[1:], biases[1:], strict=True):
+        h = F.relu(torch.baddbmm(b[:, None, :], h, w.transpose(1, 2)))
+    return h
+
+
+def _train_stack(
+    batch: list[ExperimentConfig], teacher_state: TeacherState, device: torch.device
+) -> list[RunRecord]:
+    """Train the slots of one stack together, recording each run at its step count."""
+    started = time.perf_counter()
+    data = load_data(batch[0])
+    slots: dict[str, _Slot] = {}
+    for c in batch:
+        key = slot_key(c)
+        if key not in slots:
+            slots[key] = _Slot(prepare(c, data, device, teacher_state))
+        slots[key].runs.append(c)
+    order = list(slots.values())
+    names = [f"fc{i + 1}" for i in range(len(batch[0].student_hidden_dims))]
+    students = [s.prep.student for s in order]
+    trainable = [s.prep.config.resolved_layer_configs["student_trainable"] for s in order]
+    weights, biases, masks = [], [], []
+    for name in names:
+        flags = torch.tensor([t[name] for t in trainable], dtype=torch.float32, device=device)
+        for kind, dest in (("weight", weights), ("bias", biases)):
+            stacked = torch.stack([getattr(s.layers[name], kind).detach() for s in students])
+            dest.append(stacked.requires_grad_(bool(flags.any())))
+        masks.append(None if bool(flags.all()) else flags)
+    aux = [s.layers["aux_head"] for s in students]
+    params = [p for p in weights + biases if p.requires_grad]
+    params += [p for head in aux for p in head.parameters() if p.requires_grad]
+    opt = Adam(params, lr=batch[0].student_lr) if params else None
+    loss_fns = [get_loss(s.prep.config.distill_loss) for s in order]
+    first = order[0].prep
+    teacher_trunk = first.teacher
+    for s in order:
+        s.prep.teacher.eval()
+    checkpoints: dict[int, list[tuple[int, ExperimentConfig]]] = {}
+    for k, s in enumerate(order):
+        for c in s.runs:
+            checkpoints.setdefault(c.noise_steps * c.student_epochs, []).append((k, c))
+    total_steps = max(checkpoints)
+    losses = torch.zeros(total_steps, len(order), device=device)
+    buf = torch.empty((batch[0].noise_bsize, 1, 28, 28))
+    results: dict[int, RunRecord] = {}
+    ids = {id(c): i for i, c in enumerate(batch)}
+    for step in range(total_steps):
+        x = student_noise(first.config, step, device, first.noise_norm, buf)
+        with torch.no_grad():
+            feats = teacher_trunk.features(x)
+            targets = [s.prep.teacher.layers["aux_head"](feats) for s in order]
+        # unbind, not h[k]: its backward stacks K grads once instead of K full-size zero fills
+        hs = _stacked_features(x, weights, biases).unbind(0)
+        step_losses = torch.stack(
+            [
+                fn(head(hk), target, s.prep.config)
+                for fn, head, hk, target, s in zip(loss_fns, aux, hs, targets, order, strict=True)
+            ]
+        )
+        if opt is not None:
+            opt.zero_grad()
+            step_losses.sum().backward()
+            for w, b, mask in zip(weights, biases, masks, strict=True):
+                if mask is not None and w.grad is not None:
+                    w.grad.mul_(mask[:, None, None])
+                    b.grad.mul_(mask[:, None])
+            opt.step()
+        losses[step] = step_losses.detach()
+        for k, c in checkpoints.get(step + 1, []):
+            student = _unstack(students[k], names, weights, biases, k)
+            n = c.noise_steps
+            last = losses[step + 1 - n : step + 1, k].mean().item()
+            prep = order[k].prep
+            teacher = prep.teacher
+            if any(
+                p.target == "teacher" and p.timing == "after_student_training" for p in c.perturb
+            ):
+                teacher = copy.deepcopy(teacher)  # finish() perturbs it; the trajectory goes on
+            results[ids[id(c)]] = finish(prep, c, student, teacher, last, started)
+    share = (time.perf_counter() - started) / len(batch)
+    for rec in results.values():
+        rec.run["runtime_seconds"] = share  # the stack's wall time, split evenly
+    return [results[i] for i in range(len(batch))]
+
+
+@torch.no_grad()
+def _unstack(
+    template: torch.nn.Module,
+    names: list[str],
+    weights: list[torch.Tensor],
+    biases: list[torch.Tensor],
+    k: int,
+) -> Any:
+    """A standalone copy of stacked model k (its aux and class heads copied from `template`)."""
+    net = copy.deepcopy(template)
+    for name, w, b in zip(names, weights, biases, strict=True):
+        net.layers[name].weight.copy_(w[k])
+        net.layers[name].bias.copy_(b[k])
+    return net

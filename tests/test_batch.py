@@ -1,0 +1,83 @@
+"""Batching is invisible: run_group equals separate runs within the documented tolerance."""
+
+from __future__ import annotations
+
+import pytest
+
+from sublim import ExperimentConfig, run
+from sublim.engine.batch import plan_stacks, run_group, slot_key
+from sublim.perturbspec import parse_shorthand
+
+BASE = ExperimentConfig(
+    classes=(0, 1, 2),
+    teacher_epochs=1,
+    student_epochs=2,
+    noise_steps=6,
+    noise_bsize=200,
+    eval_noise_batches=2,
+    eval_noise_bsize=200,
+    teacher_hidden_dims=(64, 64),
+    student_hidden_dims=(64, 64),
+)
+# Float tolerance of stacked vs separate training (bmm vs mm summation order; README):
+# accuracies within a few test images, everything else within 1e-3 relative.
+ACC_ABS = 2e-3
+REL = 1e-3
+METRICS = (
+    "teacher_final_acc",
+    "student_init_acc",
+    "student_final_acc",
+    "student_init_aux_loss",
+    "student_final_aux_loss",
+    "student_train_aux_loss_last",
+    "cos_final_teacher_student_aux_head_weight",
+    "diff_norm_student_init_final_aux_head_weight",
+    "diff_norm_student_init_final_class_head_weight",
+)
+
+
+def test_mixed_batch_equals_separate_runs() -> None:
+    configs = [
+        BASE.replace(m=3),
+        BASE.replace(m=9, student_init="all:A,fc1:random"),
+        BASE.replace(m=3, student_init="all:B"),
+        BASE.replace(m=3, seed=7),
+        BASE.replace(m=3, noise_steps=2),  # a prefix of the first run's trajectory
+        BASE.replace(m=3, student_epochs=1),  # another prefix
+        BASE.replace(m=5, student_trainable="fc1:false"),
+        BASE.replace(m=5, distill_loss="kl", temperature=2.0),
+        BASE.replace(m=5, perturb=(parse_shorthand("student:aux_head,std=0.05"),)),
+    ]
+    stacks = plan_stacks(configs)
+    assert sorted(len(s) for s in stacks) == [1, 8]  # the other seed has another teacher
+    grouped = run_group(configs)
+    for config, got in zip(configs, grouped, strict=True):
+        want = run(config)
+        assert got.run["config_hash"] == config.config_hash
+        assert got.run["noise_steps"] == config.noise_steps
+        for key in METRICS:
+            if key.endswith("_acc"):
+                assert got.run[key] == pytest.approx(want.run[key], abs=ACC_ABS), key
+            else:
+                assert got.run[key] == pytest.approx(want.run[key], rel=REL, abs=1e-7), key
+        assert len(got.layer_metrics) == len(want.layer_metrics)
+        assert [r["layer_name"] for r in got.perturbations] == [
+            r["layer_name"] for r in want.perturbations
+        ]
+    # the frozen first layer did not move in the stacked run
+    frozen = grouped[6].layer_metrics
+    row = next(
+        r for r in frozen if r["comparison"] == "student_init_final" and r["layer_name"] == "fc1"
+    )
+    assert row["diff_norm"] == 0
+
+
+def test_slots_share_trajectories_only_across_steps_and_epochs() -> None:
+    assert slot_key(BASE) == slot_key(BASE.replace(noise_steps=100, student_epochs=9))
+    assert slot_key(BASE) != slot_key(BASE.replace(m=4))
+    assert slot_key(BASE) != slot_key(BASE.replace(noise_bsize=100))
+
+
+def test_cnn_students_run_alone() -> None:
+    cnn = BASE.replace(student_type="cnn")
+    assert plan_stacks([cnn, BASE]) == [[BASE], [cnn]]
