@@ -195,3 +195,26 @@ def test_bad_spec_file_names_file_and_key(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "bad.toml: --m (at m=-1): invalid value -1" in proc.stderr
     assert ExperimentConfig  # the API stays importable from the package root
+
+
+def test_ctrl_c_writes_what_finished_and_exits_130(spec: Path, tmp_path: Path) -> None:
+    spec.write_text(TINY_SPEC.replace('seeds = "0..1"', 'seeds = "0..5"'))
+    cmd = [sys.executable, "-m", "sublim", "sweep", str(spec), "--outdir", "o", "--quiet"]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    runs_file = tmp_path / "o" / "runs_all_seeds.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not runs_file.exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the sweep finished before the interrupt arrived")
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    before = rows(runs_file)
+    sweep(str(spec), "--outdir", "o", cwd=tmp_path)
+    after = rows(runs_file)
+    assert len(after) == 24 and len({r["config_hash"] for r in after}) == 24
+    assert [r["run_id"] for r in after[: len(before)]] == [r["run_id"] for r in before]
