@@ -1,4 +1,4 @@
-"""`sublim run | data`: thin front ends over ExperimentConfig, the engine and the store.
+"""The `sublim` command line: parser (run | sweep | data), flag parsing into configs, main().
 
 Every user error becomes one line `sublim: error: ...` on stderr and exit status 2, with no
 traceback and no output files.
@@ -218,7 +218,8 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _int(flag: str, text: str | None, optional: bool = False) -> Any:
+def parse_int(flag: str, text: str | None, optional: bool = False) -> Any:
+    """An integer flag value (None passes when optional); ConfigError names the flag."""
     if text is None and optional:
         return None
     try:
@@ -262,24 +263,24 @@ def config_from_args(ns: argparse.Namespace) -> ExperimentConfig:
     for text in ns.perturb_spec:
         perturb += parse_json(json_or_file("--perturb-spec", text))
     kw: dict[str, Any] = {
-        "seed": _int("--seed", ns.seed),
+        "seed": parse_int("--seed", ns.seed),
         "device": ns.device.strip().lower(),
         "outdir": ns.outdir,
         "data_dir": ns.data_dir,
-        "num_workers": _int("--num-workers", ns.num_workers),
+        "num_workers": parse_int("--num-workers", ns.num_workers),
         "sweep_name": ns.sweep_name,
         "run_label": ns.run_label,
         "append_global": ns.append_global,
         "dataset": ns.dataset.strip().lower().replace("_", "-"),
         "emnist_split": ns.emnist_split.strip().lower(),
-        "class_count": _int("--class-count", ns.class_count, optional=True),
+        "class_count": parse_int("--class-count", ns.class_count, optional=True),
         "class_selection": ns.class_selection.strip().lower(),
         "classes": None if ns.classes is None else _ints("--classes", ns.classes),
-        "m": _int("--m", ns.m),
+        "m": parse_int("--m", ns.m),
         "distill_loss": ns.distill_loss.strip().lower(),
         "temperature": _float("--temperature", ns.temperature),
         "noise_dist": ns.noise_dist.strip().lower(),
-        "perlin_res": _int("--perlin-res", ns.perlin_res),
+        "perlin_res": parse_int("--perlin-res", ns.perlin_res),
         "normalize_noise": ns.normalize_noise,
         "perturb": tuple(perturb),
     }
@@ -294,7 +295,7 @@ def config_from_args(ns: argparse.Namespace) -> ExperimentConfig:
         )
         for what in ("init", "trainable"):
             kw[f"{role}_{what}"] = getattr(ns, f"{role}_{what}")
-        kw[f"{role}_epochs"] = _int(f"--{role}-epochs", getattr(ns, f"{role}_epochs"))
+        kw[f"{role}_epochs"] = parse_int(f"--{role}-epochs", getattr(ns, f"{role}_epochs"))
         kw[f"{role}_lr"] = _float(f"--{role}-lr", getattr(ns, f"{role}_lr"))
     for name in (
         "data_bsize",
@@ -303,7 +304,7 @@ def config_from_args(ns: argparse.Namespace) -> ExperimentConfig:
         "eval_noise_batches",
         "eval_noise_bsize",
     ):
-        kw[name] = _int("--" + name.replace("_", "-"), getattr(ns, name))
+        kw[name] = parse_int("--" + name.replace("_", "-"), getattr(ns, name))
     return ExperimentConfig(**kw)
 
 
@@ -371,144 +372,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _summary(record: Any, outdir: Path) -> str:
-    r = record.run
-    return (
-        f"teacher acc {r['teacher_final_acc']:.4f} | student acc {r['student_init_acc']:.4f} -> "
-        f"{r['student_final_acc']:.4f} | aux MSE {r['student_init_aux_loss']:.4g} -> "
-        f"{r['student_final_aux_loss']:.4g} | {r['runtime_seconds']:.1f} s | "
-        f"outputs: {outdir / f'seed_{record.seed:06d}'}"
-    )
-
-
-def _check_data_dir(path: str) -> None:
-    if Path(path).exists() and not Path(path).is_dir():
-        raise ConfigError(
-            "--data-dir", path, "is not a directory; give the directory holding the files"
-        )
-
-
-def _cmd_run(ns: argparse.Namespace) -> int:
-    from .store import RunStore, check_writable
-
-    config = config_from_args(ns)  # validates before torch is even imported
-    check_writable(config.outdir)
-    _check_data_dir(config.data_dir)
-    from .engine import load_data, resolve_device, run
-
-    resolve_device(config.device)
-    progress = not ns.quiet and sys.stderr.isatty()
-    load_data(config, progress=not ns.quiet)  # data errors surface before any work
-    record = run(config, progress=progress)
-    with RunStore(config.outdir, append_global=config.append_global).open(wait=120) as store:
-        store.write(record)
-    print(_summary(record, Path(config.outdir)))
-    return 0
-
-
-def _parse_set(items: list[str]) -> dict[str, Any]:
-    from .sweep.spec import tomllib
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, eq, text = item.partition("=")
-        key = key.strip()
-        if not eq or not key:
-            raise ConfigError("--set", item, "expected KEY=VALUE, e.g. teacher_epochs=1")
-        try:
-            out[key] = tomllib.loads(f"v = {text}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key] = text  # a bare string
-    return out
-
-
-def _cmd_sweep(ns: argparse.Namespace) -> int:
-    from .store import RunStore, check_writable
-    from .sweep.executors import check_executor, make_executor
-    from .sweep.runner import SweepPlan, execute_sweep, plan_sweep
-    from .sweep.spec import CONFIG_FIELDS, SWEEP_OWNED, SpecError, load_spec, parse_seeds
-
-    spec = load_spec(ns.spec)
-    overrides = _parse_set(ns.set)
-    for key in overrides:
-        if key in SWEEP_OWNED:
-            raise ConfigError("--set", key, "set by the sweep; use --seeds or --outdir")
-        if key not in CONFIG_FIELDS and not key.startswith("perturb."):
-            raise ConfigError(
-                "--set", key, f"unknown config field; allowed: {', '.join(CONFIG_FIELDS)}"
-            )
-    seeds = None if ns.seeds is None else parse_seeds(ns.seeds, "--seeds")
-    max_runs = _int("--max-runs", ns.max_runs, optional=True)
-    if max_runs is not None and max_runs < 1:
-        raise ConfigError("--max-runs", max_runs, "expected an integer >= 1")
-    outdir = ns.outdir or str(Path("outputs") / spec.name)
-    check_writable(outdir)
-    check_executor(ns.executor)
-    store = RunStore(outdir, append_global=True)
-
-    def make_plan() -> SweepPlan:
-        try:
-            return plan_sweep(spec, outdir, store, overrides, seeds, max_runs)
-        except SpecError as exc:
-            if overrides and "--set" not in str(exc):
-                raise SpecError(f"{exc} (with --set {' '.join(ns.set)})") from None
-            raise
-
-    plan = make_plan()  # validates every run before anything is created
-    from .engine import resolve_device
-
-    for device in {c.device for c in plan.pending}:
-        resolve_device(device)
-    for data_dir in {c.data_dir for c in plan.pending}:
-        _check_data_dir(data_dir)
-    if ns.dry_run:  # reads only: nothing is created
-        print("\n".join(plan.summary()))
-        return 0
-    with store.open(wait=None):
-        if store.recovered:  # open() completed an interrupted write: count it as finished
-            plan = make_plan()
-        if not plan.pending:
-            print(f"sweep {spec.name}: all {plan.total} runs already finished in {outdir}")
-            return 0
-        if not ns.quiet:
-            print("\n".join(plan.summary(examples=0)), file=sys.stderr)
-        progress = not ns.quiet and sys.stderr.isatty()
-        executor = make_executor(ns.executor)
-        written = 0
-        try:
-            written = execute_sweep(plan, store, executor, progress)
-        except KeyboardInterrupt:
-            sys.stderr.write(
-                f"{PROG}: interrupted; finished runs are written; rerun the same command to "
-                "finish the rest\n"
-            )
-            return 130
-        finally:
-            executor.close()
-    print(
-        f"sweep {spec.name}: {written} runs written to {outdir} ({plan.finished} were already there)"
-    )
-    return 0
-
-
-def _cmd_data(ns: argparse.Namespace) -> int:
-    from .config import EMNIST_SPLITS as splits
-    from .data.datasets import load_dataset
-
-    dataset = ns.dataset.strip().lower().replace("_", "-")
-    if dataset not in DATASETS:
-        raise ConfigError("--dataset", ns.dataset, f"allowed: {', '.join(DATASETS)}")
-    split = ns.emnist_split.strip().lower()
-    if dataset == "emnist" and split not in splits:
-        raise ConfigError("--emnist-split", ns.emnist_split, f"allowed: {', '.join(splits)}")
-    data = load_dataset(dataset, ns.data_dir, emnist_split=split, download=not ns.offline)
-    print(
-        f"{dataset}{'/' + split if dataset == 'emnist' else ''}: train {tuple(data.train_x.shape)}, "
-        f"test {tuple(data.test_x.shape)}, {data.num_classes} classes, checksums verified"
-    )
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point."""
     parser = build_parser()
@@ -516,12 +379,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.command is None:
         parser.print_help()
         return 2
+    from . import commands
+
     try:
         if ns.command == "run":
-            return _cmd_run(ns)
+            return commands.cmd_run(ns)
         if ns.command == "sweep":
-            return _cmd_sweep(ns)
-        return _cmd_data(ns)
+            return commands.cmd_sweep(ns)
+        return commands.cmd_data(ns)
     except UserError as exc:
         sys.stderr.write(f"{PROG}: error: {' '.join(str(exc).split())}\n")
         return 2
