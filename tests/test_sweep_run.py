@@ -99,8 +99,14 @@ def test_sweep_resumes_and_matches_single_runs(spec: Path, tmp_path: Path) -> No
         assert float(row[key]) == pytest.approx(single[key], **tol)
 
 
+# five student widths: five stacks, written one after another
+SEVERAL_STACKS = TINY_SPEC.replace(
+    "[grid]\n", "[grid]\nstudent_hidden_dims = [[32, 32], [16, 16], [8, 8], [24, 24], [12, 12]]\n"
+).replace("student_hidden_dims = [32, 32]\n\n[grid]", "[grid]")
+
+
 def test_kill_9_then_rerun_loses_nothing_and_duplicates_nothing(spec: Path, tmp_path: Path) -> None:
-    spec.write_text(TINY_SPEC.replace('seeds = "0..1"', 'seeds = "0..4"'))
+    spec.write_text(SEVERAL_STACKS)
     cmd = [sys.executable, "-m", "sublim", "sweep", str(spec), "--outdir", "o", "--quiet"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     runs_file = tmp_path / "o" / "runs_all_seeds.csv"
@@ -113,17 +119,17 @@ def test_kill_9_then_rerun_loses_nothing_and_duplicates_nothing(spec: Path, tmp_
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     killed_at = len(rows(runs_file))
-    assert 0 < killed_at < 20
+    assert 0 < killed_at < 40
     sweep(str(spec), "--outdir", "o", cwd=tmp_path)
     runs = rows(runs_file)
-    assert len(runs) == 20 and len({r["config_hash"] for r in runs}) == 20
+    assert len(runs) == 40 and len({r["config_hash"] for r in runs}) == 40
     for path in (tmp_path / "o").rglob("*.csv"):
         data = path.read_bytes()
         assert data.endswith(b"\n"), path
         header, *body = list(csv.reader(data.decode().splitlines()))
         assert all(len(r) == len(header) for r in body), path
     metrics = rows(tmp_path / "o" / "layer_metrics_all_seeds.csv")
-    assert len(metrics) == 20 * 32
+    assert len(metrics) == 40 * 32
 
 
 def test_a_second_writer_is_refused(spec: Path, tmp_path: Path) -> None:
@@ -198,7 +204,7 @@ def test_bad_spec_file_names_file_and_key(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_writes_what_finished_and_exits_130(spec: Path, tmp_path: Path) -> None:
-    spec.write_text(TINY_SPEC.replace('seeds = "0..1"', 'seeds = "0..5"'))
+    spec.write_text(SEVERAL_STACKS)
     cmd = [sys.executable, "-m", "sublim", "sweep", str(spec), "--outdir", "o", "--quiet"]
     proc = subprocess.Popen(
         cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -216,5 +222,5 @@ def test_ctrl_c_writes_what_finished_and_exits_130(spec: Path, tmp_path: Path) -
     before = rows(runs_file)
     sweep(str(spec), "--outdir", "o", cwd=tmp_path)
     after = rows(runs_file)
-    assert len(after) == 24 and len({r["config_hash"] for r in after}) == 24
+    assert len(after) == 40 and len({r["config_hash"] for r in after}) == 40
     assert [r["run_id"] for r in after[: len(before)]] == [r["run_id"] for r in before]

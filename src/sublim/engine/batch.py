@@ -3,12 +3,14 @@
 Batching is invisible: `run_group(configs)` returns what `[run(c) for c in configs]` would,
 within float tolerance (bmm instead of mm changes summation order; see README). Two savings:
 
-* Stacking. MLP students with the same hidden widths, noise stream and learning rate train as
-  K models in one: feature-layer weights are stacked [K, out, in] and run as batched matmuls on
-  the shared noise batch, each model keeps its own aux head (m may differ) and loss, and one
-  Adam over the stacked tensors is K independent Adams (it is elementwise). Frozen layers get
-  their gradient slice zeroed, so their Adam state stays zero and they never move. The teacher's
-  features on each noise batch are computed once for all K.
+* Stacking. MLP students with the same hidden widths, noise settings and learning rate train as
+  K models in one, whatever their seeds, teachers, init sources, m, losses or perturbations:
+  feature-layer weights are stacked [K, out, in] and run as batched matmuls (on one shared
+  noise batch when the K share a seed, else on each model's own), each model keeps its own aux
+  head and loss, and one Adam over the stacked tensors is K independent Adams (it is
+  elementwise). Frozen layers get their gradient slice zeroed, so their Adam state stays zero
+  and they never move. Each teacher's features on a noise batch are computed once for all the
+  models that distil from it.
 * Shared trajectories. The student stage has no schedule and its noise stream does not depend
   on steps per epoch or epochs, so runs that differ only in `noise_steps` / `student_epochs`
   are one training: a slot trains to the longest run's step count and each run is recorded when
@@ -22,6 +24,7 @@ import copy
 import hashlib
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,13 +56,8 @@ def stack_key(config: ExperimentConfig) -> tuple[Any, ...] | None:
     """Runs with equal keys can train as one stacked model (None: this run cannot stack)."""
     if config.student_type != "mlp":
         return None
-    teacher_side = [
-        (i, p.to_dict())
-        for i, p in enumerate(config.perturb)
-        if p.target == "teacher" and p.timing == "before_student_training"
-    ]
     return (
-        teacher_key(config),
+        config.dataset,  # the noise normalisation constants
         config.student_hidden_dims,
         config.noise_dist,
         config.perlin_res if config.noise_dist == "perlin" else None,
@@ -67,15 +65,25 @@ def stack_key(config: ExperimentConfig) -> tuple[Any, ...] | None:
         config.noise_bsize,
         config.student_lr,
         config.device,
-        json.dumps(teacher_side, sort_keys=True),
     )
 
 
+def _teacher_view(config: ExperimentConfig) -> str:
+    """Which teacher features a student reads: its teacher and the teacher's late perturbations."""
+    late = [
+        (i, p.to_dict())
+        for i, p in enumerate(config.perturb)
+        if p.target == "teacher" and p.timing == "before_student_training"
+    ]
+    return teacher_key(config) + json.dumps(late, sort_keys=True)
+
+
 def _slot_bytes(config: ExperimentConfig) -> float:
-    """Rough memory of one stacked model: activations (x3 for grads) and params (x4 for Adam)."""
+    """Rough memory of one stacked model: its input batch, activations (x3 for grads) and
+    parameters (x4 for Adam's state and the gradient)."""
     dims = [784, *config.student_hidden_dims, config.m]
     params = sum(a * b + b for a, b in zip(dims[:-1], dims[1:], strict=True))
-    return 4.0 * (3 * config.noise_bsize * sum(dims[1:]) + 4 * params)
+    return 4.0 * (config.noise_bsize * (dims[0] + 3 * sum(dims[1:])) + 4 * params)
 
 
 def plan_stacks(configs: list[ExperimentConfig]) -> list[list[ExperimentConfig]]:
@@ -95,7 +103,8 @@ def plan_stacks(configs: list[ExperimentConfig]) -> list[list[ExperimentConfig]]
             slots.setdefault(slot_key(c), []).append(c)
         per_slot = _slot_bytes(runs[0])
         k = max(1, min(MAX_STACK, int(MEMORY_BUDGET // per_slot)))
-        groups = list(slots.values())
+        # a seed's slots side by side: they share a noise batch and their teachers' features
+        groups = sorted(slots.values(), key=lambda g: g[0].seed)
         for i in range(0, len(groups), k):
             out.append([c for g in groups[i : i + k] for c in g])
     return out + singles
@@ -111,27 +120,31 @@ class _Slot:
 
 def run_group(
     configs: list[ExperimentConfig],
-    teacher_state: TeacherState | None = None,
+    teachers: Mapping[str, TeacherState] | None = None,
     progress: bool = False,
 ) -> list[RunRecord]:
-    """Records for `configs` (same order), as `[run(c) for c in configs]` would give them."""
+    """Records for `configs` (same order), as `[run(c) for c in configs]` would give them.
+
+    `teachers` (by teacher_key) are used where given; missing teachers are trained here.
+    """
     if not configs:
         return []
     device = resolve_device(configs[0].device)
+    states: dict[str, TeacherState] = dict(teachers or {})
+    for c in configs:
+        key = teacher_key(c)
+        if key not in states:
+            states[key] = train_teacher_stage(c, load_data(c), device, progress)
     records: dict[int, RunRecord] = {}
-    teachers: dict[str, TeacherState] = {}
-    if teacher_state is not None:
-        teachers[teacher_state.key] = teacher_state
     index = {id(c): i for i, c in enumerate(configs)}
     for batch in plan_stacks(configs):
-        key = teacher_key(batch[0])
-        if key not in teachers:
-            teachers[key] = train_teacher_stage(batch[0], load_data(batch[0]), device, progress)
         if stack_key(batch[0]) is None:
             for c in batch:
-                records[index[id(c)]] = run(c, progress=progress, teacher_state=teachers[key])
+                records[index[id(c)]] = run(
+                    c, progress=progress, teacher_state=states[teacher_key(c)]
+                )
             continue
-        for c, rec in zip(batch, _train_stack(batch, teachers[key], device), strict=True):
+        for c, rec in zip(batch, _train_stack(batch, states, device), strict=True):
             records[index[id(c)]] = rec
     return [records[i] for i in range(len(configs))]
 
@@ -139,8 +152,9 @@ def run_group(
 def _stacked_features(
     x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor]
 ) -> torch.Tensor:
-    """ReLU MLP features of K stacked models on one shared batch: [B, D] -> [K, B, H]."""
-    h = torch.matmul(x.flatten(1), weights[0].transpose(1, 2)).add_(biases[0][:, None, :])
+    """ReLU MLP features of K stacked models: x [B, ...] shared or [K, B, ...] -> [K, B, H]."""
+    flat = x.flatten(1) if x.dim() == 4 else x.flatten(2)
+    h = torch.matmul(flat, weights[0].transpose(1, 2)).add_(biases[0][:, None, :])
     h = F.relu(h)
     for w, b in zip(weights[1:], biases[1:], strict=True):
         h = F.relu(torch.baddbmm(b[:, None, :], h, w.transpose(1, 2)))
@@ -148,16 +162,17 @@ def _stacked_features(
 
 
 def _train_stack(
-    batch: list[ExperimentConfig], teacher_state: TeacherState, device: torch.device
+    batch: list[ExperimentConfig],
+    teachers: Mapping[str, TeacherState],
+    device: torch.device,
 ) -> list[RunRecord]:
     """Train the slots of one stack together, recording each run at its step count."""
     started = time.perf_counter()
-    data = load_data(batch[0])
     slots: dict[str, _Slot] = {}
     for c in batch:
         key = slot_key(c)
         if key not in slots:
-            slots[key] = _Slot(prepare(c, data, device, teacher_state))
+            slots[key] = _Slot(prepare(c, load_data(c), device, teachers[teacher_key(c)]))
         slots[key].runs.append(c)
     order = list(slots.values())
     names = [f"fc{i + 1}" for i in range(len(batch[0].student_hidden_dims))]
@@ -175,24 +190,36 @@ def _train_stack(
     params += [p for head in aux for p in head.parameters() if p.requires_grad]
     opt = Adam(params, lr=batch[0].student_lr) if params else None
     loss_fns = [get_loss(s.prep.config.distill_loss) for s in order]
-    first = order[0].prep
-    teacher_trunk = first.teacher
+    # one noise stream per seed, one teacher forward per (teacher, its late perturbations)
+    seeds = [s.prep.config.seed for s in order]
+    views = [_teacher_view(s.prep.config) for s in order]
+    trunks = {v: s.prep.teacher for v, s in zip(views, order, strict=True)}
+    view_seed = {v: seed for v, seed in zip(views, seeds, strict=True)}
     for s in order:
         s.prep.teacher.eval()
+    noise_norm = order[0].prep.noise_norm
+    streams = {s.prep.config.seed: s.prep.config for s in order}  # same noise settings, own seed
+    bufs = {seed: torch.empty((batch[0].noise_bsize, 1, 28, 28)) for seed in streams}
     checkpoints: dict[int, list[tuple[int, ExperimentConfig]]] = {}
     for k, s in enumerate(order):
         for c in s.runs:
             checkpoints.setdefault(c.noise_steps * c.student_epochs, []).append((k, c))
     total_steps = max(checkpoints)
     losses = torch.zeros(total_steps, len(order), device=device)
-    buf = torch.empty((batch[0].noise_bsize, 1, 28, 28))
     results: dict[int, RunRecord] = {}
     ids = {id(c): i for i, c in enumerate(batch)}
     for step in range(total_steps):
-        x = student_noise(first.config, step, device, first.noise_norm, buf)
+        noise = {
+            seed: student_noise(cfg, step, device, noise_norm, bufs[seed])
+            for seed, cfg in streams.items()
+        }
+        x = noise[seeds[0]] if len(noise) == 1 else torch.stack([noise[s] for s in seeds])
         with torch.no_grad():
-            feats = teacher_trunk.features(x)
-            targets = [s.prep.teacher.layers["aux_head"](feats) for s in order]
+            feats = {v: t.features(noise[view_seed[v]]) for v, t in trunks.items()}
+            targets = [
+                s.prep.teacher.layers["aux_head"](feats[v])
+                for s, v in zip(order, views, strict=True)
+            ]
         # unbind, not h[k]: its backward stacks K grads once instead of K full-size zero fills
         hs = _stacked_features(x, weights, biases).unbind(0)
         step_losses = torch.stack(
@@ -212,8 +239,7 @@ def _train_stack(
         losses[step] = step_losses.detach()
         for k, c in checkpoints.get(step + 1, []):
             student = _unstack(students[k], names, weights, biases, k)
-            n = c.noise_steps
-            last = losses[step + 1 - n : step + 1, k].mean().item()
+            last = losses[step + 1 - c.noise_steps : step + 1, k].mean().item()
             prep = order[k].prep
             teacher = prep.teacher
             if any(

@@ -97,56 +97,61 @@ def plan_sweep(
         outdir=outdir,
         total=total,
         duplicates=total - len(configs),
-        finished=len(configs) - len([c for c in configs if c.config_hash not in done]),
+        finished=sum(c.config_hash in done for c in configs),
         pending=pending,
         groups=groups,
         cached=cached,
     )
 
 
-def _chunks(items: list[ExperimentConfig], size: int | None) -> list[list[ExperimentConfig]]:
-    """Tasks for one teacher's runs: the engine's stacks, split to at most `size` runs."""
-    out = []
-    for stack in plan_stacks(items):
-        step = size or len(stack)
-        out += [stack[i : i + step] for i in range(0, len(stack), step)]
-    return out
-
-
-def execute_sweep(
-    plan: SweepPlan,
-    store: RunStore,
-    executor: Any,
-    progress: bool = True,
-    chunk_size: int | None = None,
-) -> int:
+def execute_sweep(plan: SweepPlan, store: RunStore, executor: Any, progress: bool = True) -> int:
     """Run the plan's pending runs on `executor`, writing each finished task; returns runs written.
 
-    A task is one stack of runs that train together (see engine.batch.plan_stacks), or at most
-    `chunk_size` runs of it. At most `2 * workers` tasks are in flight. On KeyboardInterrupt,
-    what has finished is written before the interrupt propagates.
+    Tasks are teacher trainings and stacks of runs that train together (engine.batch.plan_stacks;
+    a stack may span seeds and teachers). A stack is submitted once all its teachers are in the
+    cache, with their bytes; teachers are trained in the order the stacks need them. At most
+    `2 * workers` tasks are in flight. On KeyboardInterrupt, what has finished is written before
+    the interrupt propagates.
     """
-    size = chunk_size
-    queue: deque[tuple[str, str, Any]] = deque()
-    for key, configs in plan.groups.items():
-        data = store.load_teacher(key) if key in plan.cached else None
-        if data is None:
-            queue.append(("teacher", key, configs[0]))
-        else:
-            queue.extend(("runs", key, (chunk, data)) for chunk in _chunks(configs, size))
-    in_flight: dict[Any, tuple[str, str]] = {}
+    stacks = [(s, {teacher_key(c) for c in s}) for s in plan_stacks(plan.pending)]
+    ready = set(plan.cached)
+    waiting = [(s, keys) for s, keys in stacks]
+    queue: deque[tuple[str, Any]] = deque()
+    queued_teachers: set[str] = set()
+    for _, keys in stacks:
+        for key in sorted(keys - ready - queued_teachers):
+            queued_teachers.add(key)
+            queue.append(("teacher", key))
+
+    def release() -> None:
+        """Queue (first) every waiting stack whose teachers are all cached now."""
+        nonlocal waiting
+        now = [(s, keys) for s, keys in waiting if keys <= ready]
+        waiting = [(s, keys) for s, keys in waiting if not keys <= ready]
+        queue.extendleft(("runs", s) for s, _ in reversed(now))
+
+    release()
+    in_flight: dict[Any, tuple[str, Any]] = {}
     written = 0
     start = time.perf_counter()
     bar = tqdm(total=len(plan.pending), desc=plan.spec.name, unit="run", disable=not progress)
 
+    def submit(kind: str, payload: Any) -> None:
+        if kind == "teacher":
+            fut = executor.submit(teacher_task, plan.groups[payload][0], executor.threads)
+        else:
+            teachers = {k: store.load_teacher(k) for k in {teacher_key(c) for c in payload}}
+            fut = executor.submit(runs_task, payload, teachers, executor.threads)
+        in_flight[fut] = (kind, payload)
+
     def handle(fut: Any) -> None:
         nonlocal written
-        kind, key = in_flight.pop(fut)
+        kind, payload = in_flight.pop(fut)
         result = fut.result()
         if kind == "teacher":
-            store.save_teacher(key, result)
-            chunks = _chunks(plan.groups[key], size)
-            queue.extendleft(("runs", key, (c, result)) for c in reversed(chunks))
+            store.save_teacher(payload, result)
+            ready.add(payload)
+            release()
             return
         store.write_many(result)
         written += len(result)
@@ -157,12 +162,7 @@ def execute_sweep(
     try:
         while queue or in_flight:
             while queue and len(in_flight) < 2 * executor.workers:
-                kind, key, payload = queue.popleft()
-                if kind == "teacher":
-                    fut = executor.submit(teacher_task, payload, executor.threads)
-                else:
-                    fut = executor.submit(runs_task, payload[0], payload[1], executor.threads)
-                in_flight[fut] = (kind, key)
+                submit(*queue.popleft())
             done, _ = executor.wait_any(list(in_flight))
             for fut in done:
                 handle(fut)

@@ -21,8 +21,8 @@ def teacher_task(config: ExperimentConfig, threads: int | None = None) -> bytes:
 
 
 def runs_task(
-    configs: list[ExperimentConfig], teacher: bytes, threads: int | None = None
+    configs: list[ExperimentConfig], teachers: dict[str, bytes], threads: int | None = None
 ) -> list[RunRecord]:
-    """The student stages of runs that share one trained teacher, stacked where they can be."""
+    """The student stages of one stack of runs, given their trained teachers (by key)."""
     set_torch_threads(threads)
-    return run_group(configs, TeacherState.from_bytes(teacher))
+    return run_group(configs, {k: TeacherState.from_bytes(b) for k, b in teachers.items()})
