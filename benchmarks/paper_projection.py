@@ -1,12 +1,12 @@
 """Benchmark: projected time of the whole paper (all figure specs) from a sample of their work.
 
-For each spec in figures/, seed 0's runs are planned exactly as `sublim sweep` would (teacher
-groups, stacks, shared trajectories). A sample of its teachers is trained in full, and a sample
-of its stacks is run twice with shortened trajectories to fit time = fixed + per-step cost; the
-fit is extrapolated to the full step count. Every other teacher and stack of the seed is
-projected from the sample through a cost proxy (teacher: epochs x samples x parameters; stack:
-steps x stacked parameters, plus a per-run cost), and the seed is multiplied by the spec's seed
-count. Target on the 2-core reference CPU: the whole paper (16,260 runs) in at most 24 hours
+For each spec in figures/, all runs are planned exactly as `sublim sweep` plans them (distinct
+teachers, stacks across seeds, shared trajectories). A sample of the teachers is trained in
+full; a sample of the stacks (always the costliest) is run twice with shortened trajectories
+(on untrained stand-in teachers: the student stage costs the same) to fit time = fixed + per
+step, extrapolated to the full step count. All other teachers and stacks are projected from the
+sample through cost proxies (teacher: epochs x samples x parameters; stack: steps x stacked
+parameters, plus a per-run cost). Target on the 2-core reference CPU: the whole paper (16,260 runs) in at most 24 hours
 (the reference runner: about 7 days).
 Usage: python benchmarks/paper_projection.py [--specs fig2,fig5] [--sample 2] [--steps 30,90]
 """
@@ -26,8 +26,10 @@ from sublim.config import ExperimentConfig
 from sublim.data.idx import write_idx
 from sublim.engine import load_data
 from sublim.engine.batch import plan_stacks, run_group
-from sublim.engine.teacher import teacher_key, train_teacher_stage
+from sublim.engine.metrics import snapshot
+from sublim.engine.teacher import TeacherState, teacher_key, train_teacher_stage
 from sublim.errors import DataError
+from sublim.models import build_model
 from sublim.sweep.spec import load_spec
 
 FIGURES = Path(__file__).resolve().parents[1] / "figures"
@@ -76,66 +78,72 @@ def shortened(stack: list[ExperimentConfig], steps: int) -> list[ExperimentConfi
     ]
 
 
+def stand_in_teacher(c: ExperimentConfig) -> TeacherState:
+    """An untrained teacher under the right key: the student stage costs the same with it."""
+    net = build_model(c, "teacher")
+    state = {k: v for k, v in net.state_dict().items() if ".aux_head." not in k}
+    snap = {k: v for k, v in snapshot(net).items() if k != "aux_head"}
+    metrics = dict.fromkeys(
+        ("teacher_init_acc", "teacher_init_class_loss", "teacher_train_loss_last"), 0.0
+    )
+    return TeacherState(teacher_key(c), state, snap, metrics, [], False)
+
+
 def project_spec(
     path: Path, sample: int, steps: tuple[int, int], rng: random.Random, emnist_dir: Path | None
 ) -> dict:
+    """Projected hours of one spec, planned as `sublim sweep` would plan it."""
     spec = load_spec(path)
-    seed = spec.seeds[0]
-    configs = [p.config for p in spec.points() if p.config.seed == seed]
+    configs = [p.config for p in spec.points()]
     if emnist_dir is not None:
         configs = [
             c.replace(data_dir=str(emnist_dir)) if c.dataset == "emnist" else c for c in configs
         ]
-    groups: dict[str, list[ExperimentConfig]] = {}
+    first_of: dict[str, ExperimentConfig] = {}
     for c in configs:
-        groups.setdefault(teacher_key(c), []).append(c)
+        first_of.setdefault(teacher_key(c), c)
     device = torch.device("cpu")
-    # teachers: full training of a sample, projected by the proxy
-    keys = list(groups)
-    picked = sorted(rng.sample(keys, min(sample, len(keys))))
-    states, t_time, t_proxy = {}, 0.0, 0.0
-    for key in picked:
-        c = groups[key][0]
+    # teachers: full training of a sample, projected to all through the proxy
+    keys = list(first_of)
+    t_time = t_proxy = 0.0
+    for key in rng.sample(keys, min(sample, len(keys))):
+        c = first_of[key]
         data = load_data(c)
         start = time.perf_counter()
-        states[key] = train_teacher_stage(c, data, device)
+        train_teacher_stage(c, data, device)
         t_time += time.perf_counter() - start
         t_proxy += teacher_proxy(c, data.train_x.shape[0])
-    all_teachers = sum(
-        teacher_proxy(g[0], load_data(g[0]).train_x.shape[0]) for g in groups.values()
-    )
+    all_teachers = sum(teacher_proxy(c, load_data(c).train_x.shape[0]) for c in first_of.values())
     teachers_s = t_time / t_proxy * all_teachers
-    # stacks: a sample (always including the costliest) timed at two shortened lengths
-    stacks = [(key, s) for key, g in groups.items() for s in plan_stacks(g)]
-    costs = [stack_proxy(s) for _, s in stacks]
+    # stacks: a sample (always with the costliest) timed at two shortened lengths
+    stacks = plan_stacks(configs)
+    costs = [stack_proxy(s) for s in stacks]
     biggest = max(range(len(stacks)), key=lambda i: costs[i][0])
-    chosen = {biggest} | set(rng.sample(range(len(stacks)), min(sample, len(stacks)) - 1))
+    others = [i for i in range(len(stacks)) if i != biggest]
+    chosen = [biggest, *rng.sample(others, min(sample, len(stacks)) - 1)]
     unit_s = run_s = 0.0
-    for i in sorted(chosen):
-        key, stack = stacks[i]
-        if key not in states:
-            states[key] = train_teacher_stage(stack[0], load_data(stack[0]), device)
+    for i in chosen:
+        stack = stacks[i]
+        teachers = {teacher_key(c): stand_in_teacher(c) for c in stack}
         times = []
         for n in steps:
             short = shortened(stack, n)
             start = time.perf_counter()
-            run_group(short, states[key])
+            run_group(short, teachers)
             times.append(time.perf_counter() - start)
         n1, n2 = (min(n, costs[i][2]) for n in steps)
-        per_step = (times[1] - times[0]) / (n2 - n1) if n2 > n1 else 0.0
+        per_step = max(0.0, (times[1] - times[0]) / (n2 - n1)) if n2 > n1 else 0.0
         fixed = max(0.0, times[0] - per_step * n1)
-        full = fixed + per_step * costs[i][2]
-        unit_s += (full - fixed) / costs[i][0] * (1 / len(chosen))
-        run_s += fixed / costs[i][1] * (1 / len(chosen))
+        unit_s += per_step * costs[i][2] / costs[i][0] / len(chosen)
+        run_s += fixed / costs[i][1] / len(chosen)
     students_s = sum(unit_s * p + run_s * n for p, n, _ in costs)
-    per_seed = teachers_s + students_s
     return {
         "spec": spec.name,
         "runs": spec.count(),
-        "seeds": len(spec.seeds),
-        "teachers_per_seed": len(groups),
-        "stacks_per_seed": len(stacks),
-        "hours": per_seed * len(spec.seeds) / 3600,
+        "teachers": len(first_of),
+        "stacks": len(stacks),
+        "teacher_hours": teachers_s / 3600,
+        "hours": (teachers_s + students_s) / 3600,
     }
 
 
@@ -163,8 +171,9 @@ def main() -> None:
         total_h += r["hours"]
         total_runs += r["runs"]
         print(
-            f"{r['spec']:32s} {r['runs']:5d} runs  {r['teachers_per_seed']:3d} teachers and "
-            f"{r['stacks_per_seed']:3d} stacks per seed  -> {r['hours']:6.2f} h",
+            f"{r['spec']:30s} {r['runs']:5d} runs {r['teachers']:5d} teachers "
+            f"{r['stacks']:4d} stacks -> {r['hours']:6.2f} h "
+            f"(teachers {r['teacher_hours']:.2f} h)",
             flush=True,
         )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -150,12 +150,19 @@ def run_group(
 
 
 def _stacked_features(
-    x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor]
+    segments: list[tuple[torch.Tensor, int, int]],
+    weights: list[torch.Tensor],
+    biases: list[torch.Tensor],
 ) -> torch.Tensor:
-    """ReLU MLP features of K stacked models: x [B, ...] shared or [K, B, ...] -> [K, B, H]."""
-    flat = x.flatten(1) if x.dim() == 4 else x.flatten(2)
-    h = torch.matmul(flat, weights[0].transpose(1, 2)).add_(biases[0][:, None, :])
-    h = F.relu(h)
+    """ReLU MLP features of K stacked models -> [K, B, H].
+
+    `segments` are (input batch [B, ...], start, end): models start..end-1 read that batch (the
+    models of one seed share their noise), so the first layer is one matmul per segment and no
+    [K, B, D] copy of the inputs is made.
+    """
+    w0 = weights[0]
+    first = [torch.matmul(x.flatten(1), w0[a:b].transpose(1, 2)) for x, a, b in segments]
+    h = F.relu((first[0] if len(first) == 1 else torch.cat(first)).add_(biases[0][:, None, :]))
     for w, b in zip(weights[1:], biases[1:], strict=True):
         h = F.relu(torch.baddbmm(b[:, None, :], h, w.transpose(1, 2)))
     return h
@@ -174,7 +181,7 @@ def _train_stack(
         if key not in slots:
             slots[key] = _Slot(prepare(c, load_data(c), device, teachers[teacher_key(c)]))
         slots[key].runs.append(c)
-    order = list(slots.values())
+    order = sorted(slots.values(), key=lambda s: s.prep.config.seed)  # stable within a seed
     names = [f"fc{i + 1}" for i in range(len(batch[0].student_hidden_dims))]
     students = [s.prep.student for s in order]
     trainable = [s.prep.config.resolved_layer_configs["student_trainable"] for s in order]
@@ -208,12 +215,14 @@ def _train_stack(
     losses = torch.zeros(total_steps, len(order), device=device)
     results: dict[int, RunRecord] = {}
     ids = {id(c): i for i, c in enumerate(batch)}
+    bounds = [k for k in range(1, len(seeds)) if seeds[k] != seeds[k - 1]]
+    spans = list(zip([0, *bounds], [*bounds, len(seeds)], strict=True))  # slots are seed-sorted
     for step in range(total_steps):
         noise = {
             seed: student_noise(cfg, step, device, noise_norm, bufs[seed])
             for seed, cfg in streams.items()
         }
-        x = noise[seeds[0]] if len(noise) == 1 else torch.stack([noise[s] for s in seeds])
+        segments = [(noise[seeds[a]], a, b) for a, b in spans]
         with torch.no_grad():
             feats = {v: t.features(noise[view_seed[v]]) for v, t in trunks.items()}
             targets = [
@@ -221,7 +230,7 @@ def _train_stack(
                 for s, v in zip(order, views, strict=True)
             ]
         # unbind, not h[k]: its backward stacks K grads once instead of K full-size zero fills
-        hs = _stacked_features(x, weights, biases).unbind(0)
+        hs = _stacked_features(segments, weights, biases).unbind(0)
         step_losses = torch.stack(
             [
                 fn(head(hk), target, s.prep.config)

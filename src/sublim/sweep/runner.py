@@ -17,7 +17,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..config import ExperimentConfig
-from ..engine.batch import plan_stacks
+from ..engine.batch import plan_stacks, slot_key
 from ..engine.teacher import teacher_key
 from ..store import RunStore
 from .spec import SweepSpec
@@ -53,6 +53,20 @@ class SweepPlan:
             f"{to_train} to train; training each once saves {max(0, n - to_train)} of {n} "
             f"teacher trainings" + (f" ({100 * (n - to_train) / n:.0f} %)" if n else ""),
         ]
+        if self.pending:
+            stacks = plan_stacks(self.pending)
+            trajectories: dict[str, int] = {}
+            for c in self.pending:
+                key = slot_key(c)
+                trajectories[key] = max(trajectories.get(key, 0), c.noise_steps * c.student_epochs)
+            steps = sum(c.noise_steps * c.student_epochs for c in self.pending)
+            shared = sum(trajectories.values())
+            lines.append(
+                f"students: {n} runs in {len(stacks)} stacked tasks (up to "
+                f"{max(len(s) for s in stacks)} runs each), {len(trajectories)} trajectories; "
+                f"shared trajectories train {shared} of {steps} student steps "
+                f"({100 * (1 - shared / steps):.0f} % saved)"
+            )
         if self.pending and examples:
             lines.append("examples:")
             default = ExperimentConfig().to_dict()
