@@ -48,9 +48,9 @@ def test_mixed_batch_equals_separate_runs() -> None:
         BASE.replace(m=5, distill_loss="kl", temperature=2.0),
         BASE.replace(m=5, perturb=(parse_shorthand("student:aux_head,std=0.05"),)),
     ]
-    stacks = plan_stacks(configs)
-    assert [len(s) for s in stacks] == [9]  # seeds, teachers, m, losses: one stacked model
-    grouped = run_group(configs)
+    assert [len(s) for s in plan_stacks(configs, across_seeds=True)] == [9]
+    assert sorted(len(s) for s in plan_stacks(configs, across_seeds=False)) == [1, 8]
+    grouped = run_group(configs, across_seeds=True)  # the GPU policy, exercised on any device
     for config, got in zip(configs, grouped, strict=True):
         want = run(config)
         assert got.run["config_hash"] == config.config_hash
