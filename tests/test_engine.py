@@ -179,11 +179,16 @@ def test_shared_teacher_gives_the_same_rows_as_separate_runs() -> None:
         ExperimentConfig(**TINY, m=3),
         ExperimentConfig(**TINY, m=7, student_init="all:A,fc1:random"),
     ]
-    shared = run_many(configs)
+    shared = run_many(configs)  # one teacher, one stacked student pair
     for config, rec in zip(configs, shared, strict=True):
         alone = run(config)
         keys = [k for k in alone.run if k not in ("run_id", "timestamp", "runtime_seconds")]
-        assert {k: rec.run[k] for k in keys} == {k: alone.run[k] for k in keys}
+        for k in keys:  # exact, or within the stacked-training tolerance (tests/test_batch.py)
+            a, b = rec.run[k], alone.run[k]
+            if isinstance(b, float) and a != b:
+                assert a == pytest.approx(b, abs=2e-3 if k.endswith("_acc") else 1e-7, rel=1e-3), k
+            else:
+                assert a == b, k
     # the cache round trip keeps everything
     from sublim.engine import load_data
     from sublim.engine.teacher import train_teacher_stage

@@ -24,6 +24,16 @@ class RunRecord:
     config: Row = field(default_factory=dict)
 
 
+# Value columns of a layer_metrics.csv row (what engine.metrics.compare returns).
+LAYER_METRIC_VALUES: tuple[str, ...] = (
+    "cosine",
+    "diff_norm",
+    "reference_norm",
+    "other_norm",
+    "relative_diff_reference",
+    "relative_diff_symmetric",
+)
+
 # Compact aliases: alias comparison name -> `comparison` value in layer_metrics.csv.
 ALIAS_COMPARISONS: dict[str, str] = {
     "init_teacher_student": "teacher_student_init",

@@ -38,7 +38,7 @@ from .losses import get_loss
 from .optim import Adam
 from .run import Prepared, finish, load_data, prepare, resolve_device, run
 from .teacher import TeacherState, teacher_key, train_teacher_stage
-from .train import student_noise
+from .train import evaluate, student_noise
 
 MEMORY_BUDGET = 1.5 * 2**30  # bytes of activations + optimizer state per stack
 MAX_STACK = 64
@@ -233,6 +233,7 @@ def _train_stack(
     total_steps = max(checkpoints)
     losses = torch.zeros(total_steps, len(order), device=device)
     results: dict[int, RunRecord] = {}
+    teacher_evals: dict[str, tuple[float, float]] = {}
     ids = {id(c): i for i, c in enumerate(batch)}
     bounds = [k for k in range(1, len(seeds)) if seeds[k] != seeds[k - 1]]
     spans = list(zip([0, *bounds], [*bounds, len(seeds)], strict=True))  # slots are seed-sorted
@@ -270,11 +271,16 @@ def _train_stack(
             last = losses[step + 1 - c.noise_steps : step + 1, k].mean().item()
             prep = order[k].prep
             teacher = prep.teacher
-            if any(
+            late = any(
                 p.target == "teacher" and p.timing == "after_student_training" for p in c.perturb
-            ):
+            )
+            if late:
                 teacher = copy.deepcopy(teacher)  # finish() perturbs it; the trajectory goes on
-            results[ids[id(c)]] = finish(prep, c, student, teacher, last, started)
+            elif views[k] not in teacher_evals:  # the same unperturbed teacher: evaluate once
+                test_x, test_y = prep.data.test_x.to(device), prep.data.test_y.to(device)
+                teacher_evals[views[k]] = evaluate(teacher, test_x, test_y, prep.norm)
+            known = None if late else teacher_evals[views[k]]
+            results[ids[id(c)]] = finish(prep, c, student, teacher, last, started, known)
     share = (time.perf_counter() - started) / len(batch)
     for rec in results.values():
         rec.run["runtime_seconds"] = share  # the stack's wall time, split evenly

@@ -11,6 +11,8 @@ import math
 import torch
 from torch import nn
 
+from ..records import LAYER_METRIC_VALUES
+
 Snapshot = dict[str, dict[str, torch.Tensor | None]]
 TENSOR_KINDS = ("weight", "bias")
 
@@ -21,14 +23,6 @@ COMPARISONS = {
     "teacher_init_final": ("teacher", "init", "teacher", "final"),
     "student_init_final": ("student", "init", "student", "final"),
 }
-METRIC_KEYS = (
-    "cosine",
-    "diff_norm",
-    "reference_norm",
-    "other_norm",
-    "relative_diff_reference",
-    "relative_diff_symmetric",
-)
 
 
 def snapshot(net: nn.Module) -> Snapshot:
@@ -92,7 +86,7 @@ def layer_rows(comparison: str, ref: Snapshot, other: Snapshot) -> list[dict[str
             values = (
                 compare(a, b)  # type: ignore[arg-type]
                 if status == "comparable"
-                else {k: math.nan for k in METRIC_KEYS}
+                else {k: math.nan for k in LAYER_METRIC_VALUES}
             )
             rows.append(
                 {

@@ -127,8 +127,13 @@ def finish(
     teacher: SplitHeadNet,
     train_loss_last: float,
     started: float,
+    teacher_eval: tuple[float, float] | None = None,
 ) -> RunRecord:
-    """Timeline step 6 on trained models (changed in place by late perturbations) -> record."""
+    """Timeline step 6 on trained models (changed in place by late perturbations) -> record.
+
+    `teacher_eval`: the teacher's (accuracy, loss) when the caller already has it (runs that
+    share an unperturbed teacher), so it is not computed again.
+    """
     device, data, norm = p.device, p.data, p.norm
     r = {**p.results, "student_train_aux_loss_last": train_loss_last}
     prows = list(p.perturb_rows)
@@ -136,7 +141,11 @@ def finish(
     prows += apply_perturbations(config, student, "student", "after_student_training")
     snaps = {**p.snaps, "teacher_final": snapshot(teacher), "student_final": snapshot(student)}
     test_x, test_y = data.test_x.to(device), data.test_y.to(device)
-    r["teacher_final_acc"], r["teacher_final_class_loss"] = evaluate(teacher, test_x, test_y, norm)
+    if teacher_eval is None or any(
+        q.target == "teacher" and q.timing == "after_student_training" for q in config.perturb
+    ):
+        teacher_eval = evaluate(teacher, test_x, test_y, norm)
+    r["teacher_final_acc"], r["teacher_final_class_loss"] = teacher_eval
     r["student_final_acc"], r["student_final_class_loss"] = evaluate(student, test_x, test_y, norm)
     r["student_final_aux_loss"] = aux_mse(config, student, teacher, device, "final", p.noise_norm)
     order = {t: i for i, t in enumerate(TIMINGS)}
@@ -291,15 +300,3 @@ def _config_line(
         "student_arch_spec": config.arch_spec("student"),
         "seed_info": seed_info(config),
     }
-
-
-def run_many(configs: list[ExperimentConfig], progress: bool = False) -> list[RunRecord]:
-    """The records `[run(c) for c in configs]` would give; runs sharing a teacher train it once."""
-    teachers: dict[str, TeacherState] = {}
-    records = []
-    for c in configs:
-        key = teacher_key(c)
-        if key not in teachers:
-            teachers[key] = train_teacher_stage(c, load_data(c), resolve_device(c.device), progress)
-        records.append(run(c, progress=progress, teacher_state=teachers[key]))
-    return records

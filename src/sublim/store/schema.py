@@ -14,6 +14,7 @@ from ..records import (
     ALIAS_HEADS,
     ALIAS_METRICS,
     ALIAS_TENSORS,
+    LAYER_METRIC_VALUES,
     alias_column,
     compact_aliases,
 )
@@ -129,12 +130,7 @@ LAYER_METRICS_COLUMNS: list[str] = [
     "reference_shape",
     "other_shape",
     "status",
-    "cosine",
-    "diff_norm",
-    "reference_norm",
-    "other_norm",
-    "relative_diff_reference",
-    "relative_diff_symmetric",
+    *LAYER_METRIC_VALUES,
 ]
 
 PERTURBATION_STAT_FIELDS: tuple[str, ...] = (
