@@ -51,16 +51,24 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-@functools.lru_cache(maxsize=4)
-def _raw_data(dataset: str, emnist_split: str, data_dir: str, progress: bool) -> ImageData:
-    return load_dataset(dataset, data_dir, emnist_split=emnist_split, progress=progress)
+_RAW: dict[tuple[str, str, str], ImageData] = {}  # (dataset, split, data_dir) -> data; <= 2
+
+
+@functools.lru_cache(maxsize=8)
+def _selected(key: tuple[str, str, str], classes: tuple[int, ...] | None) -> ImageData:
+    return _RAW[key] if classes is None else select_classes(_RAW[key], classes)
 
 
 def load_data(config: ExperimentConfig, progress: bool = False) -> ImageData:
-    """The config's dataset with its class selection (cached in-process across runs)."""
-    data = _raw_data(config.dataset, config.emnist_split, config.data_dir, progress)
-    sel = config.selected_classes
-    return data if sel is None else select_classes(data, sel)
+    """The config's dataset with its class selection, cached in-process across runs: each
+    dataset is read once (`progress` only matters for that first read) and each selection
+    made once."""
+    key = (config.dataset, config.emnist_split, config.data_dir)
+    if key not in _RAW:
+        if len(_RAW) >= 2:
+            _RAW.pop(next(iter(_RAW)))
+        _RAW[key] = load_dataset(key[0], key[2], emnist_split=key[1], progress=progress)
+    return _selected(key, config.selected_classes)
 
 
 def seed_info(config: ExperimentConfig) -> dict[str, int]:
