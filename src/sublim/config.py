@@ -37,7 +37,16 @@ INPUT_SHAPE = (1, 28, 28)
 
 # Fields that never change results: where to read and write, labels, and the device.
 NON_RESULT_FIELDS = frozenset(
-    {"outdir", "data_dir", "device", "num_workers", "sweep_name", "run_label", "append_global"}
+    {
+        "outdir",
+        "data_dir",
+        "device",
+        "num_workers",
+        "sweep_name",
+        "run_label",
+        "condition",
+        "append_global",
+    }
 )
 
 
@@ -58,6 +67,7 @@ class ExperimentConfig:
     num_workers: int = 0
     sweep_name: str = "default"
     run_label: str = ""
+    condition: str = ""  # the sweep's named condition, written as an extra runs.csv column
     append_global: bool = False
     # data
     dataset: str = "mnist"

@@ -238,6 +238,7 @@ def _run_row(
         "run_label": c.run_label,
         "seed": c.seed,
         **seed_info(c),
+        "condition": c.condition,
         "torch_version": torch.__version__,
         "cuda_available": torch.cuda.is_available(),
         "device": str(device),

@@ -23,7 +23,7 @@ from ..store import RunStore
 from .spec import SweepSpec
 from .tasks import runs_task, teacher_task
 
-DEFAULT_NOTE_FIELDS = ("seed", "sweep_name", "run_label", "outdir")
+DEFAULT_NOTE_FIELDS = ("seed", "sweep_name", "run_label", "condition", "outdir")
 
 
 @dataclass

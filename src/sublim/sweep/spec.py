@@ -28,7 +28,7 @@ else:  # pragma: no cover
 TOP_KEYS = ("name", "description", "figure", "seeds", "label", "base", "grid", "zip", "conditions")
 CONFIG_FIELDS = tuple(f.name for f in fields(ExperimentConfig))
 # fields a spec may not set: they belong to the sweep command, not to the experiment
-SWEEP_OWNED = ("seed", "outdir", "sweep_name", "run_label", "append_global")
+SWEEP_OWNED = ("seed", "outdir", "sweep_name", "run_label", "condition", "append_global")
 
 
 class SpecError(UserError):
@@ -98,7 +98,12 @@ class SweepSpec:
                     values.update(overrides or {})
                     label = self._label(axes)
                     for seed in self.seeds:
-                        extra = {"seed": seed, "sweep_name": self.name, "run_label": label}
+                        extra = {
+                            "seed": seed,
+                            "sweep_name": self.name,
+                            "run_label": label,
+                            "condition": cond_name or "",
+                        }
                         if outdir is not None:
                             extra["outdir"] = outdir
                         yield Point(self._config({**values, **extra}, axes), axes)
