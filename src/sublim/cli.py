@@ -228,7 +228,8 @@ def parse_int(flag: str, text: str | None, optional: bool = False) -> Any:
         raise ConfigError(flag, text, "expected an integer") from None
 
 
-def _float(flag: str, text: str) -> float:
+def parse_float(flag: str, text: str) -> float:
+    """A float flag value; ConfigError names the flag."""
     try:
         return float(text)
     except ValueError:
@@ -278,7 +279,7 @@ def config_from_args(ns: argparse.Namespace) -> ExperimentConfig:
         "classes": None if ns.classes is None else _ints("--classes", ns.classes),
         "m": parse_int("--m", ns.m),
         "distill_loss": ns.distill_loss.strip().lower(),
-        "temperature": _float("--temperature", ns.temperature),
+        "temperature": parse_float("--temperature", ns.temperature),
         "noise_dist": ns.noise_dist.strip().lower(),
         "perlin_res": parse_int("--perlin-res", ns.perlin_res),
         "normalize_noise": ns.normalize_noise,
@@ -296,7 +297,7 @@ def config_from_args(ns: argparse.Namespace) -> ExperimentConfig:
         for what in ("init", "trainable"):
             kw[f"{role}_{what}"] = getattr(ns, f"{role}_{what}")
         kw[f"{role}_epochs"] = parse_int(f"--{role}-epochs", getattr(ns, f"{role}_epochs"))
-        kw[f"{role}_lr"] = _float(f"--{role}-lr", getattr(ns, f"{role}_lr"))
+        kw[f"{role}_lr"] = parse_float(f"--{role}-lr", getattr(ns, f"{role}_lr"))
     for name in (
         "data_bsize",
         "noise_bsize",
@@ -306,6 +307,53 @@ def config_from_args(ns: argparse.Namespace) -> ExperimentConfig:
     ):
         kw[name] = parse_int("--" + name.replace("_", "-"), getattr(ns, name))
     return ExperimentConfig(**kw)
+
+
+def _add_report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("outdir", metavar="OUTDIR", help="a sublim output directory (or a parent)")
+    p.add_argument("--out", default=None, help="where to write (default: OUTDIR/report)")
+    g = p.add_argument_group("what to summarise")
+    g.add_argument(
+        "--by",
+        action="append",
+        default=None,
+        metavar="AXIS",
+        help="group by these columns (repeat or comma-separate; default: the axes that vary)",
+    )
+    g.add_argument(
+        "--metric",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="metrics to summarise and plot (repeat or comma-separate; default: student and "
+        "teacher final accuracy, student initial accuracy, student final aux loss; figures "
+        "plot student_final_acc)",
+    )
+    g.add_argument(
+        "--ci", default="percentile", help="bootstrap interval: percentile (default) or bca"
+    )
+    g.add_argument("--level", default="0.95", help="confidence level (default: %(default)s)")
+    g.add_argument("--n-boot", default="10000", help="bootstrap resamples (default: %(default)s)")
+    g.add_argument(
+        "--ci-seed", default="0", help="seed of the bootstrap resampling (default: %(default)s)"
+    )
+    f = p.add_argument_group("figures")
+    f.add_argument(
+        "--figure",
+        default=None,
+        metavar="N",
+        help="draw the paper's figure N (2-6) from all runs, whatever the sweep names",
+    )
+    f.add_argument(
+        "--x",
+        default=None,
+        metavar="AXIS",
+        help="also draw a generic plot of each sweep against this column",
+    )
+    f.add_argument("--format", default="png", help="figure formats, comma-separated: png, svg, pdf")
+    f.add_argument("--html", action="store_true", help="also write one self-contained report.html")
+    f.add_argument("--no-layers", action="store_true", help="skip the layer-similarity plots")
+    f.add_argument("--quiet", action="store_true", help="do not print the summary table")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -359,6 +407,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-runs", default=None, help="run at most N of the pending runs this time"
     )
     sweep_p.add_argument("--quiet", action="store_true", help="no progress bar")
+    report_p = sub.add_parser(
+        "report",
+        help="summary tables with bootstrap CIs, the paper's figures, an HTML report",
+        description="Load every run under OUTDIR (per-seed files and *_all_seeds.csv, any "
+        "depth; damaged lines are reported and skipped), group runs by the axes that vary "
+        "(or --by), and write summary.csv/summary.txt (n, mean, std, median, bootstrap CI per "
+        "metric), the paper's figures for sweeps named fig2..fig6 (or --figure N), generic plots "
+        "for other sweeps, layer-similarity plots and, with --html, one self-contained "
+        "report.html. Files go to OUTDIR/report/ unless --out is given.",
+    )
+    _add_report_arguments(report_p)
     data_p = sub.add_parser(
         "data",
         help="find, download and verify a dataset",
@@ -386,6 +445,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return commands.cmd_run(ns)
         if ns.command == "sweep":
             return commands.cmd_sweep(ns)
+        if ns.command == "report":
+            return commands.cmd_report(ns)
         return commands.cmd_data(ns)
     except UserError as exc:
         sys.stderr.write(f"{PROG}: error: {' '.join(str(exc).split())}\n")

@@ -1,4 +1,4 @@
-"""The `sublim run | sweep | data` commands behind the parser in cli.py.
+"""The `sublim run | sweep | report | data` commands behind the parser in cli.py.
 
 Each validates everything first (one-line errors, nothing written), imports torch only when
 there is work to do, and leaves all file writing to the store.
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cli import PROG, config_from_args, parse_int
+from .cli import PROG, config_from_args, parse_float, parse_int
 from .config import DATASETS
 from .errors import ConfigError
 
@@ -150,5 +150,46 @@ def cmd_data(ns: argparse.Namespace) -> int:
     print(
         f"{dataset}{'/' + split if dataset == 'emnist' else ''}: train {tuple(data.train_x.shape)}, "
         f"test {tuple(data.test_x.shape)}, {data.num_classes} classes, checksums verified"
+    )
+    return 0
+
+
+def _names(values: list[str] | None) -> list[str] | None:
+    """Repeated and comma-separated flag values as one list (None when the flag is absent)."""
+    if values is None:
+        return None
+    return [part.strip() for v in values for part in v.split(",") if part.strip()]
+
+
+def cmd_report(ns: argparse.Namespace) -> int:
+    from .analysis.report import ReportOptions, build_report
+
+    options = ReportOptions(
+        by=_names(ns.by),
+        metrics=_names(ns.metric),
+        formats=tuple(dict.fromkeys(_names([ns.format]) or [])),
+        html=ns.html,
+        figure=ns.figure,
+        x=ns.x,
+        level=parse_float("--level", ns.level),
+        method=ns.ci,
+        n_resamples=parse_int("--n-boot", ns.n_boot),
+        seed=parse_int("--ci-seed", ns.ci_seed),
+        layers=not ns.no_layers,
+    )
+    if not options.formats:
+        raise ConfigError("--format", ns.format, "allowed: png, svg, pdf (comma-separated)")
+
+    def warn(message: str) -> None:
+        sys.stderr.write(f"{PROG}: warning: {message}\n")
+
+    result = build_report(ns.outdir, ns.out, options, warn=warn)
+    if not ns.quiet:
+        print(result.table_text)
+    figures = [f for f in result.files if f.suffix in (".png", ".svg", ".pdf")]
+    print(
+        f"report: {result.n_runs} runs, {len(figures)} figure files, "
+        f"{len(result.warnings)} warnings -> {result.out}"
+        + (f" (open {result.out / 'report.html'})" if options.html else "")
     )
     return 0
