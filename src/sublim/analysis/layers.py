@@ -103,7 +103,10 @@ def layer_similarity_figure(
             label = "final" if h is None else f"final, {hue} = {fmt_value(h)}"
             _draw(ax, sub, layers, xs, "teacher_student_final", h, colors[h], label, opts)
         ax.set_xticks(xs, layers, rotation=30, ha="right")
-        ax.set_title(labels.get(key, "all runs") if key is not None else "all runs")
+        name = labels.get(key, fmt_value(key))
+        ax.set_title(
+            "all runs" if key is None else name if panel == "condition" else f"{panel} = {name}"
+        )
         ax.axhline(0, color="0.7", lw=0.6)
     for ax in flat[len(panels) :]:
         ax.set_visible(False)

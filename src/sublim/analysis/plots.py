@@ -215,11 +215,23 @@ def reference_lines(
     *,
     series: str | None = None,
     colors: dict[Any, Any] | None = None,
+    values_in_labels: bool = True,
 ) -> None:
-    """Teacher accuracy (dashed) and chance level 1/K (dotted), flat when constant along `x`."""
+    """Teacher accuracy (dashed) and chance level 1/K (dotted).
+
+    The teacher line is flat when the teacher's accuracy does not change along `x`, a curve
+    when it does, and one line per series (in the series' colour) when it differs by series.
+    """
+    ylabel, xlabel = ax.get_ylabel(), ax.get_xlabel()
+    dashed = {"ls": "--", "marker": None, "lw": 0.9}
     if "teacher_final_acc" in runs:
-        teacher = opts.summarize(runs, [x], "teacher_final_acc")
-        if series and colors and runs[series].nunique() > 1 and _varies(teacher["mean"]):
+        along_x = opts.summarize(runs, [x], "teacher_final_acc")["mean"]
+        by_series = (
+            opts.summarize(runs, [series], "teacher_final_acc")["mean"]
+            if series and colors
+            else pd.Series(dtype=float)
+        )
+        if _varies(by_series):
             plot_curves(
                 ax,
                 runs,
@@ -228,34 +240,34 @@ def reference_lines(
                 opts,
                 series,
                 colors=colors,
-                style={"ls": "--", "marker": None, "lw": 0.9},
+                style=dashed,
                 band=False,
                 label_of=lambda _k: "_nolegend_",
             )
-            ax.plot([], [], ls="--", color="0.3", lw=0.9, label="teacher (same colour)")
-        elif _varies(teacher["mean"]):
-            plot_curves(
-                ax,
-                runs,
-                x,
-                "teacher_final_acc",
-                opts,
-                colors={None: "0.3"},
-                style={"ls": "--", "marker": None, "lw": 0.9},
-            )
+            ax.plot([], [], color="0.3", label="teacher (dashed, same colour)", **dashed)
+        elif _varies(along_x):
+            plot_curves(ax, runs, x, "teacher_final_acc", opts, colors={None: "0.3"}, style=dashed)
             ax.lines[-1].set_label("teacher")
         else:
             value = float(runs["teacher_final_acc"].mean())
-            ax.axhline(value, ls="--", color="0.3", lw=0.9, label=f"teacher ({value:.3f})")
+            label = f"teacher ({value:.3f})" if values_in_labels else "teacher"
+            ax.axhline(
+                value,
+                color="0.3",
+                label=label,
+                **{k: v for k, v in dashed.items() if k != "marker"},
+            )
     if "num_classes" in runs and runs["num_classes"].notna().all():
         ks = sorted(runs["num_classes"].unique())
         if len(ks) <= 3:
             for k in ks:
-                ax.axhline(1 / k, ls=":", color="0.45", lw=0.9, label=f"chance (1/{int(k)})")
+                label = f"chance (1/{int(k)})" if values_in_labels or len(ks) > 1 else "chance"
+                ax.axhline(1 / k, ls=":", color="0.45", lw=0.9, label=label)
         elif x in ("num_classes", "class_count") and is_numeric(runs[x]):
             grid = np.array(sorted(runs[x].unique()), dtype=float)
             ax.plot(grid, 1 / grid, ls=":", color="0.45", lw=0.9, label="chance (1/K)")
-    ax.set_ylabel(ax.get_ylabel())  # keep the metric label
+    ax.set_ylabel(ylabel)
+    ax.set_xlabel(xlabel)
 
 
 def _varies(values: pd.Series, tol: float = 0.005) -> bool:

@@ -125,7 +125,7 @@ def figure3(runs: pd.DataFrame, metric: str, opts: PlotOptions) -> Figure:
             part = part.assign(m=part["m"].astype(str))
         colors = plot_curves(ax, part, x, metric, opts, series, label_of=lambda k: f"m = {k}")
         if metric.endswith("_acc"):
-            reference_lines(ax, part, x, opts, series=series, colors=colors)
+            reference_lines(ax, part, x, opts, series=series, colors=colors, values_in_labels=False)
         if x == "student_first_width":
             teacher_width = part["teacher_hidden_dims"].map(_dims).iloc[0]
             if teacher_width:
@@ -172,7 +172,7 @@ def figure4(runs: pd.DataFrame, metric: str, opts: PlotOptions) -> Figure:
         part = part.drop_duplicates("run_id") if "run_id" in part else part
         plot_curves(ax, part, x, metric, opts)
         if metric.endswith("_acc"):
-            reference_lines(ax, part, x, opts)
+            reference_lines(ax, part, x, opts, values_in_labels=False)
         ax.set_title(title)
     shared_legend(fig, curve_axes)
     fig.suptitle("Figure 4: aux logits m and noise batches per epoch N", fontsize=9)
