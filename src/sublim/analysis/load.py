@@ -87,6 +87,7 @@ _NUMERIC_NAMES = frozenset(
         "relative_diff_symmetric",
     }
 )
+_INTEGRAL = frozenset({"schema_version", "seed", "m", "num_classes", "noise_steps"})
 _MISSING = frozenset({"", "nan", "NaN", "none", "None"})
 
 Warn = Callable[[str], None]
@@ -181,17 +182,16 @@ def read_csv_lenient(path: Path, warn: Warn) -> tuple[list[str], list[list[str]]
 def _convert(frame: pd.DataFrame, source: str, warn: Warn) -> pd.DataFrame:
     """Numeric columns as numbers; rows with junk in a numeric column are reported and dropped."""
     bad = pd.Series(False, index=frame.index)
+    columns: dict[str, pd.Series] = {}
     for name in frame.columns:
+        col = frame[name]
+        columns[name] = col
         if name in TEXT_COLUMNS:
             continue
-        col = frame[name]
         missing = col.isna() | col.isin(_MISSING)
         numbers = pd.to_numeric(col.where(~missing, None), errors="coerce")
         junk = numbers.isna() & ~missing
-        if not junk.any():
-            frame[name] = numbers  # int64 when every cell is an integer (exact 64-bit seeds)
-            continue
-        if not is_numeric_column(name):
+        if junk.any() and not is_numeric_column(name):
             continue  # a text column
         for i in junk[junk & ~bad].index:
             run = frame["run_id"].iat[i] if "run_id" in frame else f"row {i + 1}"
@@ -199,10 +199,17 @@ def _convert(frame: pd.DataFrame, source: str, warn: Warn) -> pd.DataFrame:
                 f"{source}: run {run}: {name}={col.iat[i]!r} is not a number (damaged line); skipped"
             )
         bad |= junk
-        frame[name] = numbers
+        columns[name] = numbers  # int64 when every cell is an integer (exact 64-bit seeds)
+    out = pd.DataFrame(columns, index=frame.index)
     if bad.any():
-        frame = frame[~bad].reset_index(drop=True)
-    return frame
+        out = out[~bad].reset_index(drop=True)
+        # a column that held junk may now be all-integer again
+        for name in out.columns:
+            if out[name].dtype == "float64" and out[name].notna().all():
+                as_int = out[name].astype("int64")
+                if (as_int == out[name]).all() and name in _INTEGRAL:
+                    out[name] = as_int
+    return out
 
 
 def _schema(table: str) -> list[str]:
@@ -238,7 +245,7 @@ def load(
             frame = _convert(pd.DataFrame(rows, columns=header, dtype=object), str(path), capped)
         capped.close()
         if not frame.empty:
-            frames.append(frame)
+            frames.append(frame.assign(_file=len(frames)))
     if not frames:
         frame = pd.DataFrame(columns=_schema(table))
     else:
@@ -251,14 +258,14 @@ def load(
 
 
 def _dedupe(frame: pd.DataFrame, table: str) -> pd.DataFrame:
-    """One row per run (runs) or per distinct row (child tables), keeping the first seen."""
-    if frame.empty:
-        return frame
-    if table == "runs" and "run_id" in frame:
-        keep = ~frame["run_id"].duplicated() | frame["run_id"].isin(["", None])
-    else:
-        keep = ~frame.astype(str).duplicated()
-    return frame[keep].reset_index(drop=True)
+    """Each run's rows from the first file that has it (per-seed files and aggregates overlap)."""
+    if frame.empty or "run_id" not in frame:
+        return frame.drop(columns="_file", errors="ignore")
+    first = frame.groupby("run_id", sort=False)["_file"].transform("min")
+    keep = frame["_file"].eq(first) | frame["run_id"].isna()
+    if table == "runs":
+        keep &= ~frame["run_id"].duplicated() | frame["run_id"].isna()
+    return frame[keep].drop(columns="_file").reset_index(drop=True)
 
 
 def _perturb_summary(text: Any) -> dict[str, Any]:
