@@ -22,6 +22,7 @@ from .plots import (
     legend_outside,
     plot_curves,
     reference_lines,
+    series_colors,
     shared_legend,
 )
 from .style import PAGE_WIDTH, new_figure, styled
@@ -115,15 +116,19 @@ def figure3(runs: pd.DataFrame, metric: str, opts: PlotOptions) -> Figure:
     width = PAGE_WIDTH if ncols == 2 else 5.0
     fig, axes = new_figure(width, 2.6 * nrows + 0.5, ncols=ncols, nrows=nrows)
     flat = [ax for row in axes for ax in row]
+    all_m = sorted(runs["m"].unique())
+    m_colors = dict(zip(all_m, series_colors(len(all_m)), strict=True))  # same m, same colour
     for ax, (title, part, x) in zip(flat, panels, strict=False):
-        series = "m" if x != "m" and part["m"].nunique() > 1 else None
+        series = "m" if x != "m" else None
         if x == "student_depth":
             part = part.assign(student_depth=part["student_depth"].astype(str))
             teacher_depth = part["teacher_hidden_dims"].map(_dims).map(len).iloc[0]
-            title = f"{title} (teacher: {teacher_depth} hidden layers)"
+            title = f"{title} (teacher: {teacher_depth})"
         if x == "m" and part["m"].nunique() <= 3:
             part = part.assign(m=part["m"].astype(str))
-        colors = plot_curves(ax, part, x, metric, opts, series, label_of=lambda k: f"m = {k}")
+        colors = plot_curves(
+            ax, part, x, metric, opts, series, label_of=lambda k: f"m = {k}", colors=m_colors
+        )
         if metric.endswith("_acc"):
             reference_lines(ax, part, x, opts, series=series, colors=colors, values_in_labels=False)
         if x == "student_first_width":
