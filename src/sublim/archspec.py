@@ -16,6 +16,7 @@ ACTIVATIONS = ("relu", "gelu", "tanh", "sigmoid", "none")
 _ACTIVATION_ALIASES = {"identity": "none", "linear": "none", "null": "none", "": "none"}
 POOLS = ("max", "avg", "adaptive_avg")
 HEADS = ("class_head", "aux_head")
+SINGLE_HEAD = "head"  # single layout: num_classes + m outputs, the last m are the ghost logits
 
 _CONV_KEYS = {
     "name",
@@ -238,7 +239,12 @@ def feature_layer_names(
 
 
 def layer_names(
-    model_type: str, hidden_dims: Sequence[int], spec: list[dict[str, Any]] | None
+    model_type: str,
+    hidden_dims: Sequence[int],
+    spec: list[dict[str, Any]] | None,
+    head_layout: str = "split",
 ) -> list[str]:
-    """All layer names in order: feature layers, then class_head and aux_head."""
-    return [*feature_layer_names(model_type, hidden_dims, spec), *HEADS]
+    """All layer names in order: feature layers, then class_head and aux_head (split layout)
+    or the one `head` (single layout)."""
+    heads = HEADS if head_layout == "split" else (SINGLE_HEAD,)
+    return [*feature_layer_names(model_type, hidden_dims, spec), *heads]

@@ -23,6 +23,7 @@ from .config import (
 )
 from .errors import ConfigError, UserError
 from .perturbspec import TIMINGS, parse_json, parse_shorthand
+from .presets import PRESETS, preset
 
 PROG = "sublim"
 
@@ -38,6 +39,11 @@ class _Parser(argparse.ArgumentParser):
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     d = ExperimentConfig()
     g = p.add_argument_group("run and output")
+    g.add_argument(
+        "--preset",
+        default=None,
+        help=f"a published setup ({', '.join(PRESETS)}); flags given explicitly override it",
+    )
     g.add_argument(
         "--outdir", default=d.outdir, help="root of the output files (default: %(default)s)"
     )
@@ -100,6 +106,13 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="explicit class subset, e.g. 0,1 or 3,8; remapped to 0..K-1 in the given order",
     )
+    g.add_argument(
+        "--data-mean",
+        default=None,
+        help="input normalisation mean per channel, e.g. 0.5 (with --data-std; default: the "
+        "dataset's own, 0.1307/0.3081 for MNIST)",
+    )
+    g.add_argument("--data-std", default=None, help="input normalisation std per channel, e.g. 0.5")
 
     g = p.add_argument_group("models")
     for role in ("teacher", "student"):
@@ -121,6 +134,18 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
             help="CNN feature layers: a JSON list or a path to a JSON file (see README)",
         )
     g.add_argument("--m", default=str(d.m), help="aux head output dimension (default: %(default)s)")
+    g.add_argument(
+        "--head-layout",
+        default=d.head_layout,
+        help="split: class_head and aux_head; single: one `head` of classes + m outputs whose "
+        "last m (ghost) logits are distilled (default: %(default)s)",
+    )
+    g.add_argument(
+        "--init-scheme",
+        default=d.init_scheme,
+        help="torch-default (PyTorch's Linear/Conv init) or normal-fan-in (N(0, 1/sqrt(fan_in)) "
+        "weights, zero bias) (default: %(default)s)",
+    )
 
     g = p.add_argument_group(
         "layer initialisation and trainability",
@@ -186,6 +211,13 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--normalize-noise",
         action="store_true",
         help="apply the dataset's normalisation to the noise",
+    )
+    g.add_argument(
+        "--noise-pool",
+        default=str(d.noise_pool),
+        help="0: fresh noise every step; N: a fixed set of N noise images, reshuffled every "
+        "student epoch (an epoch is then one pass over it; --noise-steps is unused) "
+        "(default: %(default)s)",
     )
     g.add_argument(
         "--eval-noise-batches",
@@ -284,6 +316,11 @@ def config_from_args(ns: argparse.Namespace) -> ExperimentConfig:
         "perlin_res": parse_int("--perlin-res", ns.perlin_res),
         "normalize_noise": ns.normalize_noise,
         "perturb": tuple(perturb),
+        "head_layout": ns.head_layout.strip().lower(),
+        "init_scheme": ns.init_scheme.strip().lower(),
+        "noise_pool": parse_int("--noise-pool", ns.noise_pool),
+        "data_mean": None if ns.data_mean is None else _floats("--data-mean", ns.data_mean),
+        "data_std": None if ns.data_std is None else _floats("--data-std", ns.data_std),
     }
     for role in ("teacher", "student"):
         kw[f"{role}_type"] = getattr(ns, f"{role}_type").strip().lower()
@@ -306,7 +343,30 @@ def config_from_args(ns: argparse.Namespace) -> ExperimentConfig:
         "eval_noise_bsize",
     ):
         kw[name] = parse_int("--" + name.replace("_", "-"), getattr(ns, name))
+    if getattr(ns, "preset", None):
+        explicit = getattr(ns, "explicit", set())
+        kw.update({k: v for k, v in preset(ns.preset).items() if k not in explicit})
     return ExperimentConfig(**kw)
+
+
+def _floats(flag: str, text: str) -> tuple[float, ...]:
+    return tuple(parse_float(flag, part.strip()) for part in str(text).split(","))
+
+
+def explicit_dests(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
+    """Destinations of the options written in `argv` (also as --flag=value or a unique prefix)."""
+    options = {o: a.dest for a in parser._actions for o in a.option_strings}
+    found: set[str] = set()
+    for token in argv:
+        if not token.startswith("--"):
+            continue
+        name = token.split("=", 1)[0]
+        matches = {d for o, d in options.items() if o == name} or {
+            d for o, d in options.items() if o.startswith(name)
+        }
+        if len(matches) == 1:
+            found |= matches
+    return found
 
 
 def _add_report_arguments(p: argparse.ArgumentParser) -> None:
@@ -364,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sublim {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    run_p = sub.add_parser(
+    run_p = parser.run_parser = sub.add_parser(  # type: ignore[attr-defined]
         "run",
         help="one teacher -> student experiment",
         description="Train a teacher on labels, then a student on the teacher's aux outputs "
@@ -434,7 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     ns = parser.parse_args(argv)
+    if ns.command == "run":
+        ns.explicit = explicit_dests(parser.run_parser, argv)  # type: ignore[attr-defined]
     if ns.command is None:
         parser.print_help()
         return 2

@@ -32,6 +32,8 @@ BASE_CLASSES = {"mnist": 10, "fashion-mnist": 10, "kmnist": 10}
 MODEL_TYPES = ("mlp", "cnn")
 NOISE_DISTS = ("uniform", "normal", "perlin")
 DISTILL_LOSSES = ("mse", "kl", "standardized-mse")
+HEAD_LAYOUTS = ("split", "single")
+INIT_SCHEMES = ("torch-default", "normal-fan-in")
 CLASS_SELECTIONS = ("first",)
 INPUT_SHAPE = (1, 28, 28)
 
@@ -48,6 +50,15 @@ NON_RESULT_FIELDS = frozenset(
         "append_global",
     }
 )
+
+
+NEW_FIELD_DEFAULTS: dict[str, Any] = {
+    "head_layout": "split",
+    "init_scheme": "torch-default",
+    "noise_pool": 0,
+    "data_mean": None,
+    "data_std": None,
+}
 
 
 def flag(name: str) -> str:
@@ -83,6 +94,12 @@ class ExperimentConfig:
     teacher_arch_spec: str | None = None  # JSON text of a CNN layer list
     student_arch_spec: str | None = None
     m: int = 10
+    # split: class_head and aux_head; single: one `head` of num_classes + m outputs whose last m
+    # ("ghost") logits are distilled
+    head_layout: str = "split"
+    # torch-default: PyTorch's Linear/Conv init; normal-fan-in: weights N(0, 1/sqrt(fan_in)),
+    # zero bias
+    init_scheme: str = "torch-default"
     teacher_init: str = "all:A"
     student_init: str = "all:A"
     teacher_trainable: str = "all:true"
@@ -103,6 +120,12 @@ class ExperimentConfig:
     normalize_noise: bool = False
     eval_noise_batches: int = 10
     eval_noise_bsize: int = 1000
+    # 0: fresh noise every step; N: a fixed pool of N noise images, reshuffled every student
+    # epoch (one epoch = one pass over the pool in batches of noise_bsize)
+    noise_pool: int = 0
+    # input normalisation (per channel); None: the dataset's own constants
+    data_mean: tuple[float, ...] | None = None
+    data_std: tuple[float, ...] | None = None
     # perturbations
     perturb: tuple[PerturbSpec, ...] = field(default_factory=tuple)
 
@@ -142,6 +165,10 @@ class ExperimentConfig:
             _choice(name, getattr(self, name), MODEL_TYPES)
         _choice("noise_dist", self.noise_dist, NOISE_DISTS)
         _choice("distill_loss", self.distill_loss, DISTILL_LOSSES)
+        _choice("head_layout", self.head_layout, HEAD_LAYOUTS)
+        _choice("init_scheme", self.init_scheme, INIT_SCHEMES)
+        _int("noise_pool", self.noise_pool, minimum=0)
+        self._validate_norm()
         if not _device_ok(self.device):
             raise ConfigError("--device", self.device, "expected auto, cpu, cuda, cuda:N or mps")
         for name in ("teacher_hidden_dims", "student_hidden_dims"):
@@ -195,6 +222,28 @@ class ExperimentConfig:
                     bad[0],
                     f"unknown {spec.target} layer; available: all, {', '.join(names)}",
                 )
+
+    def _validate_norm(self) -> None:
+        given = [n for n in ("data_mean", "data_std") if getattr(self, n) is not None]
+        if len(given) == 1:
+            other = "data_std" if given[0] == "data_mean" else "data_mean"
+            raise ConfigError(flag(other), None, f"give it together with {flag(given[0])}")
+        if not given:
+            return
+        channels = INPUT_SHAPE[0]
+        for name in ("data_mean", "data_std"):
+            v = getattr(self, name)
+            ok = isinstance(v, tuple) and len(v) in (1, channels)
+            ok = ok and all(
+                not isinstance(x, bool) and isinstance(x, int | float) and math.isfinite(x)
+                for x in v
+            )
+            if not ok:
+                raise ConfigError(
+                    flag(name), v, f"expected 1 or {channels} comma-separated finite numbers"
+                )
+        if any(x <= 0 for x in self.data_std):  # type: ignore[union-attr]
+            raise ConfigError("--data-std", self.data_std, "expected numbers > 0")
 
     # ---------------------------------------------------------------- derived facts
     @property
@@ -256,7 +305,10 @@ class ExperimentConfig:
     def layer_names(self, role: str) -> list[str]:
         """Layer names of `role` in order, heads last."""
         return archspec.layer_names(
-            getattr(self, f"{role}_type"), self.hidden_dims(role), self.arch_spec(role)
+            getattr(self, f"{role}_type"),
+            self.hidden_dims(role),
+            self.arch_spec(role),
+            self.head_layout,
         )
 
     @cached_property
@@ -297,6 +349,13 @@ class ExperimentConfig:
             d.pop("temperature")
         if self.noise_dist != "perlin":
             d.pop("perlin_res")
+        # fields added after the first release leave the hash unchanged at their defaults, so
+        # existing output directories still resume
+        for name, default in NEW_FIELD_DEFAULTS.items():
+            if d.get(name) == default:
+                d.pop(name)
+        if self.noise_pool:
+            d.pop("noise_steps")  # an epoch is one pass over the pool
         return d
 
     @cached_property
@@ -323,7 +382,7 @@ class ExperimentConfig:
         if unknown:
             raise ConfigError(unknown[0], data[unknown[0]], "unknown config field")
         d = dict(data)
-        for k in ("teacher_hidden_dims", "student_hidden_dims", "classes"):
+        for k in ("teacher_hidden_dims", "student_hidden_dims", "classes", "data_mean", "data_std"):
             if isinstance(d.get(k), list):
                 d[k] = tuple(d[k])
         if "perturb" in d:

@@ -160,18 +160,32 @@ def plot_curves(
         order = sorted(table[x].unique(), key=natural_key)
         positions = {v: i for i, v in enumerate(order)}
         ax.set_xticks(range(len(order)), [fmt_value(v) for v in order])
-    for key in keys:
+    for n, key in enumerate(keys):
         part = table if key is None else table[table[series] == key]
         part = part.iloc[sorted(range(len(part)), key=lambda i: natural_key(part[x].iat[i]))]
-        xs = part[x].to_numpy(dtype=float) if numeric else part[x].map(positions).to_numpy()
         label = None if key is None else (label_of(key) if label_of else labels[key])
         color = palette.get(key, "C0") if key is not None else "C0"
+        if not numeric:  # categories: points with CI bars, side by side, never joined
+            xs = part[x].map(positions).to_numpy(dtype=float) + _dodge(n, len(keys))
+            if style and style.get("ls") == "--":  # a reference curve: short dashes per category
+                for xi, yi in zip(xs, part["mean"], strict=True):
+                    ax.hlines(yi, xi - 0.2, xi + 0.2, color=color, lw=0.9, ls="--")
+                continue
+            low = (part["mean"] - part["ci_low"]).fillna(0).clip(lower=0)
+            high = (part["ci_high"] - part["mean"]).fillna(0).clip(lower=0)
+            ax.errorbar(
+                xs, part["mean"], yerr=[low, high], fmt="o", color=color, capsize=3, label=label
+            )
+            continue
+        xs = part[x].to_numpy(dtype=float)
         kw = {"marker": "o", **(style or {})}
         ax.plot(xs, part["mean"], color=color, label=label, **kw)
         if band and part["ci_low"].notna().any():
             ax.fill_between(
                 xs, part["ci_low"], part["ci_high"], color=color, alpha=0.18, lw=0, zorder=1
             )
+    if not numeric:
+        ax.set_xlim(-0.6, len(positions) - 0.4)
     if numeric and is_geometric(runs[x].dropna().unique()):
         log_axis(ax, runs[x].dropna().unique())
     ax.set_xlabel(axis_label(x))
@@ -205,6 +219,11 @@ def shared_legend(fig: Figure, axes: Sequence[Axes]) -> None:
         fig.legend(
             list(seen.values()), list(seen), loc="outside lower center", ncol=min(len(seen), 5)
         )
+
+
+def _dodge(n: int, total: int, width: float = 0.3) -> float:
+    """Horizontal offset of series n of `total` at a categorical position."""
+    return 0.0 if total < 2 else -width / 2 + width * n / (total - 1)
 
 
 def reference_lines(

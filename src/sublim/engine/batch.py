@@ -47,7 +47,7 @@ MAX_STACK = 64
 def slot_key(config: ExperimentConfig) -> str:
     """Identity of a student trajectory: everything but steps per epoch and epoch count."""
     d = config.result_dict()
-    d.pop("noise_steps")
+    d.pop("noise_steps", None)  # absent with a noise pool
     d.pop("student_epochs")
     text = json.dumps(d, sort_keys=True, separators=(",", ":"), default=list)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -55,10 +55,12 @@ def slot_key(config: ExperimentConfig) -> str:
 
 def stack_key(config: ExperimentConfig) -> tuple[Any, ...] | None:
     """Runs with equal keys can train as one stacked model (None: this run cannot stack)."""
-    if config.student_type != "mlp":
-        return None
+    if config.student_type != "mlp" or config.head_layout != "split" or config.noise_pool:
+        return None  # these run one by one (still sharing their teacher)
     return (
         config.dataset,  # the noise normalisation constants
+        config.data_mean,
+        config.data_std,
         config.student_hidden_dims,
         config.noise_dist,
         config.perlin_res if config.noise_dist == "perlin" else None,

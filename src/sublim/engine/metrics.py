@@ -11,6 +11,7 @@ import math
 import torch
 from torch import nn
 
+from ..archspec import SINGLE_HEAD
 from ..records import LAYER_METRIC_VALUES
 
 Snapshot = dict[str, dict[str, torch.Tensor | None]]
@@ -26,9 +27,21 @@ COMPARISONS = {
 
 
 def snapshot(net: nn.Module) -> Snapshot:
-    """Copy every named layer's weight and bias to the CPU."""
+    """Copy every named layer's weight and bias to the CPU.
+
+    A single-layout `head` appears as its two slices, `class_head` and `aux_head`, so layer
+    metrics compare the class and ghost parts separately in both layouts.
+    """
     out: Snapshot = {}
     for name, layer in net.layers.items():  # type: ignore[union-attr]
+        if name == SINGLE_HEAD:
+            for part in ("class_head", "aux_head"):
+                w, b = net.head_tensors(part)  # type: ignore[operator]
+                out[part] = {
+                    "weight": w.detach().cpu().clone(),
+                    "bias": None if b is None else b.detach().cpu().clone(),
+                }
+            continue
         out[name] = {
             k: (
                 None

@@ -33,7 +33,7 @@ from ..records import RunRecord, compact_aliases
 from .metrics import COMPARISONS, layer_rows, snapshot
 from .perturb import apply_perturbations
 from .teacher import TeacherState, teacher_key, train_teacher_stage
-from .train import NoiseNorm, Normalizer, aux_mse, evaluate, train_student
+from .train import NoiseNorm, Normalizer, aux_mse, evaluate, norm_constants, train_student
 
 
 def resolve_device(name: str) -> torch.device:
@@ -111,8 +111,9 @@ def prepare(
         raise ValueError("teacher_state was trained for another teacher configuration")
     teacher = teacher_state.model(config, device)
     student = build_model(config, "student", device)
-    norm = Normalizer(data.mean, data.std, device)
-    noise_norm = (data.mean, data.std) if config.normalize_noise else None
+    mean, std = norm_constants(config, data)
+    norm = Normalizer(mean, std, device)
+    noise_norm = (mean, std) if config.normalize_noise else None
     r: dict[str, float] = dict(teacher_state.metrics)
     snaps: dict[str, Any] = {"teacher_init": teacher_state.snapshot_for(config, teacher)}
     prows = list(teacher_state.perturb_rows)

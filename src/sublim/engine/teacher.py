@@ -22,13 +22,16 @@ from ..data.datasets import ImageData
 from ..models import SplitHeadNet, build_model
 from .metrics import Snapshot, snapshot
 from .perturb import apply_perturbations
-from .train import Normalizer, evaluate, train_teacher
+from .train import Normalizer, evaluate, norm_constants, train_teacher
 
 TEACHER_TIMINGS = ("before_teacher_training", "after_teacher_training")
 
 
 def _aux_touched(config: ExperimentConfig) -> bool:
-    """Whether a teacher-stage perturbation changes the teacher's aux head."""
+    """Whether the cached teacher must keep its aux head: a teacher-stage perturbation changes
+    it, or it is part of the single `head` layer (then the cache holds the whole head)."""
+    if config.head_layout == "single":
+        return True
     return any(
         p.target == "teacher"
         and p.timing in TEACHER_TIMINGS
@@ -60,6 +63,11 @@ def teacher_key(config: ExperimentConfig) -> str:
         ],
         "m": config.m if _aux_touched(config) else None,
     }
+    for name, default in (("head_layout", "split"), ("init_scheme", "torch-default")):
+        if getattr(config, name) != default:  # keys of existing teacher caches stay valid
+            fields[name] = getattr(config, name)
+    if config.data_mean is not None:
+        fields["norm"] = (config.data_mean, config.data_std)
     text = json.dumps(fields, sort_keys=True, default=list, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -106,7 +114,7 @@ def train_teacher_stage(
 ) -> TeacherState:
     """Build, perturb, evaluate and train the teacher of `config`."""
     teacher = build_model(config, "teacher", device)
-    norm = Normalizer(data.mean, data.std, device)
+    norm = Normalizer(*norm_constants(config, data), device)
     test_x, test_y = data.test_x.to(device), data.test_y.to(device)
     rows = apply_perturbations(config, teacher, "teacher", "before_teacher_training")
     init = snapshot(teacher)

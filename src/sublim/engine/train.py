@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from .. import seeds
 from ..config import INPUT_SHAPE, ExperimentConfig
+from ..data.datasets import ImageData
 from ..data.noise import noise_batch
 from ..models import SplitHeadNet
 from .losses import get_loss
@@ -49,6 +50,13 @@ class Normalizer:
         u8, f32 = self._u8[:n], self._f32[:n]  # type: ignore[index]
         torch.index_select(x, 0, idx, out=u8)
         return f32.copy_(u8).mul_(self.scale).sub_(self.shift)
+
+
+def norm_constants(config: ExperimentConfig, data: ImageData) -> tuple[tuple[float, ...], ...]:
+    """(mean, std) for inputs: --data-mean/--data-std when given, else the dataset's own."""
+    if config.data_mean is not None and config.data_std is not None:
+        return config.data_mean, config.data_std
+    return tuple(data.mean), tuple(data.std)
 
 
 @contextmanager
@@ -131,6 +139,45 @@ def student_noise(
     return x.to(device)
 
 
+def noise_pool(config: ExperimentConfig, norm: NoiseNorm = None) -> torch.Tensor:
+    """The fixed noise set of `--noise-pool N` images (CPU), drawn once from a derived seed."""
+    return noise_batch(
+        config.seed,
+        ("noise_pool",),
+        0,
+        config.noise_dist,
+        config.noise_pool,
+        INPUT_SHAPE,
+        config.perlin_res,
+        norm,
+    )
+
+
+def _student_batches(
+    config: ExperimentConfig, epoch: int, device: torch.device, norm: NoiseNorm, state: dict
+) -> Iterator[torch.Tensor]:
+    """The noise batches of one student epoch: fresh draws, or a reshuffled pass over the pool."""
+    if not config.noise_pool:
+        buf = state.setdefault("buf", torch.empty((config.noise_bsize, *INPUT_SHAPE)))
+        for i in range(config.noise_steps):
+            yield student_noise(config, epoch * config.noise_steps + i, device, norm, buf)
+        return
+    if "pool" not in state:
+        state["pool"] = noise_pool(config, norm).to(device)
+    pool = state["pool"]
+    gen = seeds.generator(config.seed, "noise_pool_shuffle", epoch)
+    perm = torch.randperm(pool.shape[0], generator=gen).to(device)
+    for i in range(0, pool.shape[0], config.noise_bsize):
+        yield pool[perm[i : i + config.noise_bsize]]
+
+
+def student_steps(config: ExperimentConfig) -> int:
+    """Optimizer steps per student epoch."""
+    if config.noise_pool:
+        return -(-config.noise_pool // config.noise_bsize)
+    return config.noise_steps
+
+
 def train_student(
     config: ExperimentConfig,
     student: SplitHeadNet,
@@ -139,19 +186,23 @@ def train_student(
     noise_norm: NoiseNorm = None,
     progress: bool = False,
 ) -> float:
-    """Adam on the distillation loss between aux heads over fresh noise; last epoch's mean loss."""
+    """Adam on the distillation loss between aux heads over noise; last epoch's mean loss.
+
+    Noise is fresh every step (`noise_steps` batches per epoch), or with `--noise-pool N` one
+    pass per epoch over a fixed set of N images in a new order (the mean is per sample then).
+    """
     loss_fn = get_loss(config.distill_loss)
     opt = _adam(student, config.student_lr, ("aux_head",))
     teacher.eval()
     student.train()
-    steps = config.noise_steps
+    steps = student_steps(config)
     last = float("nan")
-    buf = torch.empty((config.noise_bsize, *INPUT_SHAPE))
+    state: dict = {}
     with _bar(config.student_epochs * steps, "student", progress) as bar:
         for epoch in range(config.student_epochs):
             total = torch.zeros((), device=device)
-            for i in range(steps):
-                x = student_noise(config, epoch * steps + i, device, noise_norm, buf)
+            seen = 0
+            for i, x in enumerate(_student_batches(config, epoch, device, noise_norm, state)):
                 with torch.no_grad():
                     target = teacher.aux_logits(x)
                 loss = loss_fn(student.aux_logits(x), target, config)
@@ -159,11 +210,13 @@ def train_student(
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
-                total += loss.detach()
+                weight = x.shape[0] if config.noise_pool else 1
+                total += loss.detach() * weight
+                seen += weight
                 bar.update(1)
                 if progress and i % 10 == 0:
                     bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.5f}")
-            last = total.item() / steps
+            last = total.item() / seen
     return last
 
 

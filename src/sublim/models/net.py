@@ -2,7 +2,9 @@
 
 An MLP is the special case of a spec with only linear layers, so one class serves both. The
 class head and the aux head both read the last feature layer; callers ask for the head(s) they
-need, so no loss or metric pays for a head it does not read.
+need, so no loss or metric pays for a head it does not read. In the single ("ghost logit")
+layout the two heads are the row slices of one `head` layer of num_classes + m outputs: the same
+function, stored and configured as one layer, as in the original subliminal-learning MNIST setup.
 """
 
 from __future__ import annotations
@@ -43,9 +45,11 @@ class SplitHeadNet(nn.Module):
         num_classes: int,
         m: int,
         kind: str,
+        head_layout: str = "split",
     ) -> None:
         super().__init__()
         self.kind, self.spec, self.in_shape = kind, spec, tuple(in_shape)
+        self.head_layout, self.num_classes, self.m = head_layout, num_classes, m
         self.shapes = archspec.cnn_shapes(spec, self.in_shape, kind)
         self.layers = nn.ModuleDict()
         prev: tuple[int, ...] = self.in_shape
@@ -67,8 +71,11 @@ class SplitHeadNet(nn.Module):
                 self.layers[entry["name"]] = nn.Linear(fan_in, entry["out_features"], entry["bias"])
             prev = shape
         self.feature_dim = archspec.feature_dim(self.shapes)
-        self.layers["class_head"] = nn.Linear(self.feature_dim, num_classes)
-        self.layers["aux_head"] = nn.Linear(self.feature_dim, m)
+        if head_layout == "split":
+            self.layers["class_head"] = nn.Linear(self.feature_dim, num_classes)
+            self.layers["aux_head"] = nn.Linear(self.feature_dim, m)
+        else:
+            self.layers["head"] = nn.Linear(self.feature_dim, num_classes + m)
         self._steps = [(e, self.layers[e["name"]]) for e in spec]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,15 +98,32 @@ class SplitHeadNet(nn.Module):
                     x = F.adaptive_avg_pool2d(x, pool["output_size"])
         return x if flat else x.flatten(1)
 
+    def head_tensors(self, which: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight, bias) of "class_head" or "aux_head" (row slices of `head` when single)."""
+        if self.head_layout == "split":
+            layer = self.layers[which]
+            return layer.weight, layer.bias
+        head = self.layers["head"]
+        rows = (
+            slice(0, self.num_classes) if which == "class_head" else slice(self.num_classes, None)
+        )
+        return head.weight[rows], head.bias[rows]
+
+    def head_logits(self, which: str, h: torch.Tensor) -> torch.Tensor:
+        """Logits of one head from features `h`."""
+        if self.head_layout == "split":
+            return self.layers[which](h)
+        return F.linear(h, *self.head_tensors(which))
+
     def class_logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers["class_head"](self.features(x))
+        return self.head_logits("class_head", self.features(x))
 
     def aux_logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers["aux_head"](self.features(x))
+        return self.head_logits("aux_head", self.features(x))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.features(x)
-        return self.layers["class_head"](h), self.layers["aux_head"](h)
+        return self.head_logits("class_head", h), self.head_logits("aux_head", h)
 
     def describe(self) -> str:
         """One-line architecture description, with every layer's output shape."""
@@ -117,6 +141,11 @@ class SplitHeadNet(nn.Module):
                 size = pool.get("output_size", pool.get("kernel_size"))
                 text += f" {pool['type']}pool{size}"
             parts.append(f"{text} -> {'x'.join(map(str, shape))}")
-        parts.append(f"class_head {self.feature_dim}->{self.layers['class_head'].out_features}")
-        parts.append(f"aux_head {self.feature_dim}->{self.layers['aux_head'].out_features}")
+        if self.head_layout == "split":
+            parts.append(f"class_head {self.feature_dim}->{self.num_classes}")
+            parts.append(f"aux_head {self.feature_dim}->{self.m}")
+        else:
+            parts.append(
+                f"head {self.feature_dim}->{self.num_classes}+{self.m} (class + ghost logits)"
+            )
         return "; ".join(parts)

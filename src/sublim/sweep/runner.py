@@ -17,8 +17,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..config import ExperimentConfig
-from ..engine.batch import plan_stacks, slot_key
+from ..engine.batch import plan_stacks, slot_key, stack_key
 from ..engine.teacher import teacher_key
+from ..engine.train import student_steps
 from ..store import RunStore
 from .spec import SweepSpec
 from .tasks import runs_task, teacher_task
@@ -56,10 +57,11 @@ class SweepPlan:
         if self.pending:
             stacks = plan_stacks(self.pending)
             trajectories: dict[str, int] = {}
-            for c in self.pending:
-                key = slot_key(c)
-                trajectories[key] = max(trajectories.get(key, 0), c.noise_steps * c.student_epochs)
-            steps = sum(c.noise_steps * c.student_epochs for c in self.pending)
+            for c in self.pending:  # runs that cannot stack train alone (no shared trajectory)
+                key = slot_key(c) if stack_key(c) is not None else c.config_hash
+                n_steps = student_steps(c) * c.student_epochs
+                trajectories[key] = max(trajectories.get(key, 0), n_steps)
+            steps = sum(student_steps(c) * c.student_epochs for c in self.pending)
             shared = sum(trajectories.values())
             lines.append(
                 f"students: {n} runs in {len(stacks)} stacked tasks (up to "

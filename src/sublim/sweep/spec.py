@@ -19,13 +19,25 @@ from typing import Any
 
 from ..config import ExperimentConfig
 from ..errors import ConfigError, UserError
+from ..presets import preset
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-TOP_KEYS = ("name", "description", "figure", "seeds", "label", "base", "grid", "zip", "conditions")
+TOP_KEYS = (
+    "name",
+    "description",
+    "figure",
+    "preset",
+    "seeds",
+    "label",
+    "base",
+    "grid",
+    "zip",
+    "conditions",
+)
 CONFIG_FIELDS = tuple(f.name for f in fields(ExperimentConfig))
 # fields a spec may not set: they belong to the sweep command, not to the experiment
 SWEEP_OWNED = ("seed", "outdir", "sweep_name", "run_label", "condition", "append_global")
@@ -244,6 +256,11 @@ def parse_spec(
             raise SpecError(f"{path}: {key}: expected a table ([{key}])")
     base = dict(data.get("base", {}))
     _check_keys(base, f"{path}: base", allow_perturb_fields=False)
+    if "preset" in data:  # the preset's settings, under what [base] sets
+        try:
+            base = {**preset(str(data["preset"])), **base}
+        except ConfigError as exc:
+            raise SpecError(f"{path}: preset: {exc.value!r}; {exc.allowed}") from None
     grid = {k: _axis_values(v, f"{path}: grid.{k}") for k, v in data.get("grid", {}).items()}
     _check_keys(grid, f"{path}: grid", allow_perturb_fields=True)
     zipped = {k: _axis_values(v, f"{path}: zip.{k}") for k, v in data.get("zip", {}).items()}
