@@ -48,6 +48,19 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--outdir", default=d.outdir, help="root of the output files (default: %(default)s)"
     )
     g.add_argument(
+        "--save-models",
+        action="store_true",
+        help="also write the initial teacher, trained teacher and trained student (state dicts "
+        "+ config) to <outdir>/seed_<seed>/models/<run_id>/",
+    )
+    g.add_argument(
+        "--teacher-checkpoint",
+        default=None,
+        metavar="PATH",
+        help="skip teacher training: start the student stage from this teacher.pt (its "
+        "architecture, dataset and classes must match the run's)",
+    )
+    g.add_argument(
         "--seed",
         default=str(d.seed),
         help="base seed; every random stream is derived from it (default: %(default)s)",
@@ -316,6 +329,8 @@ def config_from_args(ns: argparse.Namespace) -> ExperimentConfig:
         "perlin_res": parse_int("--perlin-res", ns.perlin_res),
         "normalize_noise": ns.normalize_noise,
         "perturb": tuple(perturb),
+        "save_models": ns.save_models,
+        "teacher_checkpoint": ns.teacher_checkpoint,
         "head_layout": ns.head_layout.strip().lower(),
         "init_scheme": ns.init_scheme.strip().lower(),
         "noise_pool": parse_int("--noise-pool", ns.noise_pool),

@@ -48,6 +48,7 @@ NON_RESULT_FIELDS = frozenset(
         "run_label",
         "condition",
         "append_global",
+        "save_models",
     }
 )
 
@@ -58,6 +59,7 @@ NEW_FIELD_DEFAULTS: dict[str, Any] = {
     "noise_pool": 0,
     "data_mean": None,
     "data_std": None,
+    "teacher_checkpoint": None,
 }
 
 
@@ -80,6 +82,7 @@ class ExperimentConfig:
     run_label: str = ""
     condition: str = ""  # the sweep's named condition, written as an extra runs.csv column
     append_global: bool = False
+    save_models: bool = False  # write initial/trained teacher and trained student checkpoints
     # data
     dataset: str = "mnist"
     emnist_split: str = "balanced"
@@ -126,6 +129,8 @@ class ExperimentConfig:
     # input normalisation (per channel); None: the dataset's own constants
     data_mean: tuple[float, ...] | None = None
     data_std: tuple[float, ...] | None = None
+    # start the student stage from this trained teacher (a teacher.pt of --save-models)
+    teacher_checkpoint: str | None = None
     # perturbations
     perturb: tuple[PerturbSpec, ...] = field(default_factory=tuple)
 
@@ -169,6 +174,24 @@ class ExperimentConfig:
         _choice("init_scheme", self.init_scheme, INIT_SCHEMES)
         _int("noise_pool", self.noise_pool, minimum=0)
         self._validate_norm()
+        if self.teacher_checkpoint is not None:
+            if not isinstance(self.teacher_checkpoint, str) or not self.teacher_checkpoint:
+                raise ConfigError(
+                    "--teacher-checkpoint", self.teacher_checkpoint, "expected a path"
+                )
+            early = [
+                p
+                for p in self.perturb
+                if p.target == "teacher"
+                and p.timing in ("before_teacher_training", "after_teacher_training")
+            ]
+            if early:
+                raise ConfigError(
+                    "--perturb",
+                    early[0].timing,
+                    "a teacher from --teacher-checkpoint is already trained; perturb it at "
+                    "before_student_training or after_student_training",
+                )
         if not _device_ok(self.device):
             raise ConfigError("--device", self.device, "expected auto, cpu, cuda, cuda:N or mps")
         for name in ("teacher_hidden_dims", "student_hidden_dims"):

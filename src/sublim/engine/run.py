@@ -174,6 +174,8 @@ def run(
     """
     started = time.perf_counter()
     device = resolve_device(config.device)
+    if teacher_state is None and config.teacher_checkpoint is not None:
+        teacher_state = train_teacher_stage(config, None, device)  # checked before any data load
     data = load_data(config, progress)
     if teacher_state is None:
         teacher_state = train_teacher_stage(config, data, device, progress)
@@ -206,6 +208,12 @@ def _record(
     }
     row = _run_row(config, data, device, results, teacher, student, layer)
     row.update(run_id=run_id, timestamp=timestamp)
+    artifacts: dict[str, bytes] = {}
+    if config.save_models:
+        from .checkpoint import model_bundles
+
+        artifacts = model_bundles(config, teacher, student, results)
+        row["models_dir"] = f"seed_{config.seed:06d}/models/{run_id}"
     row["runtime_seconds"] = time.perf_counter() - started
     layer_metrics = [{**common, **lr_, "config_hash": config.config_hash} for lr_ in layer]
     perturbations = [{**common, **p, "config_hash": config.config_hash} for p in perturb_rows]
@@ -215,6 +223,7 @@ def _record(
         layer_metrics=layer_metrics,
         perturbations=perturbations,
         config=_config_line(config, run_id, timestamp, teacher, student),
+        artifacts=artifacts,
     )
 
 

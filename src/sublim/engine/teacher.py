@@ -63,6 +63,8 @@ def teacher_key(config: ExperimentConfig) -> str:
         ],
         "m": config.m if _aux_touched(config) else None,
     }
+    if config.teacher_checkpoint is not None:
+        fields["checkpoint"] = config.teacher_checkpoint
     for name, default in (("head_layout", "split"), ("init_scheme", "torch-default")):
         if getattr(config, name) != default:  # keys of existing teacher caches stay valid
             fields[name] = getattr(config, name)
@@ -110,9 +112,17 @@ class TeacherState:
 
 
 def train_teacher_stage(
-    config: ExperimentConfig, data: ImageData, device: torch.device, progress: bool = False
+    config: ExperimentConfig, data: ImageData | None, device: torch.device, progress: bool = False
 ) -> TeacherState:
-    """Build, perturb, evaluate and train the teacher of `config`."""
+    """Build, perturb, evaluate and train the teacher of `config` (or load its checkpoint)."""
+    if config.teacher_checkpoint is not None:
+        from .checkpoint import TEACHER_METRICS, load_teacher_checkpoint
+
+        loaded = load_teacher_checkpoint(config, device)
+        metrics = {k: loaded["metrics"].get(k, float("nan")) for k in TEACHER_METRICS}
+        return TeacherState(teacher_key(config), loaded["state"], loaded["init"], metrics, [], True)
+    if data is None:
+        raise ValueError("train_teacher_stage needs data unless the config names a checkpoint")
     teacher = build_model(config, "teacher", device)
     norm = Normalizer(*norm_constants(config, data), device)
     test_x, test_y = data.test_x.to(device), data.test_y.to(device)

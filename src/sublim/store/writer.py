@@ -45,6 +45,7 @@ GLOBAL_RUNS_FILE = "runs_all_seeds.csv"
 GLOBAL_LAYER_METRICS_FILE = "layer_metrics_all_seeds.csv"
 GLOBAL_PERTURBATIONS_FILE = "perturbations_all_seeds.csv"
 TEACHERS_DIR = "teachers"
+MODELS_DIR = "models"
 
 Row = dict[str, Any]
 
@@ -156,6 +157,11 @@ class RunStore:
             changes = self._plan(records)  # reads only; a failure here leaves no trace
         except OSError as exc:
             raise self._os_error("read", exc) from exc
+        try:  # checkpoints first: once a run's rows exist, its files do too
+            for record in records:
+                self._write_artifacts(record)
+        except OSError as exc:
+            raise self._os_error("write to", exc) from exc
         try:
             journal.commit(self.outdir, changes)
         except BaseException as exc:
@@ -211,6 +217,15 @@ class RunStore:
             raise self._os_error("write to", exc) from exc
 
     # -- internals -----------------------------------------------------------------------
+
+    def _write_artifacts(self, record: RunRecord) -> None:
+        """A run's checkpoint files, each atomically, under seed_<seed>/models/<run_id>/."""
+        if not record.artifacts:
+            return
+        folder = self.outdir / seed_dir_name(record.seed) / MODELS_DIR / str(record.run["run_id"])
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, data in record.artifacts.items():
+            atomic_write_bytes(folder / name, data)
 
     def _os_error(self, action: str, exc: OSError) -> StoreError:
         """One-line StoreError for an OS failure on the output directory."""
