@@ -94,7 +94,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--data-dir",
         default=d.data_dir,
-        help="directory with the dataset files, or torchvision's layout <dir>/MNIST/raw/; missing files are downloaded here (MNIST is bundled) (default: %(default)s)",
+        help="directory with the dataset files, or torchvision's layout <dir>/MNIST/raw/; missing files are downloaded here (MNIST is bundled); for image-folder the root holding one directory per class (default: %(default)s)",
     )
     g.add_argument(
         "--dataset", default=d.dataset, help=f"{', '.join(DATASETS)} (default: %(default)s)"
@@ -118,6 +118,17 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--classes",
         default=None,
         help="explicit class subset, e.g. 0,1 or 3,8; remapped to 0..K-1 in the given order",
+    )
+    g.add_argument(
+        "--image-size",
+        default=str(d.image_size),
+        help="--dataset image-folder: resize images to this square size, RGB (default: %(default)s)",
+    )
+    g.add_argument(
+        "--test-fraction",
+        default=str(d.test_fraction),
+        help="--dataset image-folder: share of images in the test split, chosen by a hash of "
+        "each file's path (deterministic) (default: %(default)s)",
     )
     g.add_argument(
         "--data-mean",
@@ -197,6 +208,13 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--student-lr",
         default=str(d.student_lr),
         help="student Adam learning rate (default: %(default)s)",
+    )
+    g.add_argument(
+        "--augment",
+        default="",
+        help="affine augmentation of the teacher's training batches: rotate=DEGREES, "
+        "translate=FRACTION, crop=PIXELS (padded random crop), hflip=PROBABILITY, e.g. "
+        "rotate=60,crop=2 (default: none)",
     )
     g.add_argument(
         "--distill-loss",
@@ -331,6 +349,9 @@ def config_from_args(ns: argparse.Namespace) -> ExperimentConfig:
         "perturb": tuple(perturb),
         "save_models": ns.save_models,
         "teacher_checkpoint": ns.teacher_checkpoint,
+        "image_size": parse_int("--image-size", ns.image_size),
+        "test_fraction": parse_float("--test-fraction", ns.test_fraction),
+        "augment": ns.augment.strip(),
         "head_layout": ns.head_layout.strip().lower(),
         "init_scheme": ns.init_scheme.strip().lower(),
         "noise_pool": parse_int("--noise-pool", ns.noise_pool),

@@ -10,16 +10,19 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from typing import Any
 
 from . import archspec
+from .augmentspec import canonical as canonical_augment
+from .augmentspec import parse_augment
 from .errors import ConfigError
 from .layerconf import resolve_init, resolve_trainable
 from .perturbspec import PerturbSpec
 
-DATASETS = ("mnist", "fashion-mnist", "kmnist", "emnist")
+DATASETS = ("mnist", "fashion-mnist", "kmnist", "emnist", "cifar10", "image-folder")
 EMNIST_SPLITS = {
     "balanced": 47,
     "letters": 26,
@@ -28,14 +31,16 @@ EMNIST_SPLITS = {
     "digits": 10,
     "mnist": 10,
 }
-BASE_CLASSES = {"mnist": 10, "fashion-mnist": 10, "kmnist": 10}
+BASE_CLASSES = {"mnist": 10, "fashion-mnist": 10, "kmnist": 10, "cifar10": 10}
+# (channels, height, width) of each dataset's images (image-folder: 3 x --image-size squared)
+INPUT_SHAPES = {"cifar10": (3, 32, 32)}
 MODEL_TYPES = ("mlp", "cnn")
 NOISE_DISTS = ("uniform", "normal", "perlin")
 DISTILL_LOSSES = ("mse", "kl", "standardized-mse")
 HEAD_LAYOUTS = ("split", "single")
 INIT_SCHEMES = ("torch-default", "normal-fan-in")
 CLASS_SELECTIONS = ("first",)
-INPUT_SHAPE = (1, 28, 28)
+INPUT_SHAPE = (1, 28, 28)  # the MNIST family
 
 # Fields that never change results: where to read and write, labels, and the device.
 NON_RESULT_FIELDS = frozenset(
@@ -60,6 +65,7 @@ NEW_FIELD_DEFAULTS: dict[str, Any] = {
     "data_mean": None,
     "data_std": None,
     "teacher_checkpoint": None,
+    "augment": "",
 }
 
 
@@ -89,6 +95,8 @@ class ExperimentConfig:
     class_count: int | None = None
     class_selection: str = "first"
     classes: tuple[int, ...] | None = None
+    image_size: int = 64  # image-folder: images are resized to image_size x image_size RGB
+    test_fraction: float = 0.2  # image-folder: share of images in the (deterministic) test split
     # models
     teacher_type: str = "mlp"
     student_type: str = "mlp"
@@ -115,6 +123,8 @@ class ExperimentConfig:
     noise_steps: int = 60
     teacher_lr: float = 1e-3
     student_lr: float = 1e-3
+    # affine augmentation of the teacher's training batches, e.g. "rotate=60,crop=2"
+    augment: str = ""
     distill_loss: str = "mse"
     temperature: float = 1.0
     # noise
@@ -163,6 +173,10 @@ class ExperimentConfig:
             ):
                 raise ConfigError(flag(name), v, "expected a finite number > 0")
         _choice("dataset", self.dataset, DATASETS)
+        _int("image_size", self.image_size, minimum=8)
+        tf = self.test_fraction
+        if isinstance(tf, bool) or not isinstance(tf, int | float) or not 0 < tf < 1:
+            raise ConfigError("--test-fraction", tf, "expected a number between 0 and 1")
         if self.dataset == "emnist":
             _choice("emnist_split", self.emnist_split, tuple(EMNIST_SPLITS))
         _choice("class_selection", self.class_selection, CLASS_SELECTIONS)
@@ -174,6 +188,7 @@ class ExperimentConfig:
         _choice("init_scheme", self.init_scheme, INIT_SCHEMES)
         _int("noise_pool", self.noise_pool, minimum=0)
         self._validate_norm()
+        parse_augment(self.augment)
         if self.teacher_checkpoint is not None:
             if not isinstance(self.teacher_checkpoint, str) or not self.teacher_checkpoint:
                 raise ConfigError(
@@ -253,7 +268,7 @@ class ExperimentConfig:
             raise ConfigError(flag(other), None, f"give it together with {flag(given[0])}")
         if not given:
             return
-        channels = INPUT_SHAPE[0]
+        channels = self.input_shape[0]
         for name in ("data_mean", "data_std"):
             v = getattr(self, name)
             ok = isinstance(v, tuple) and len(v) in (1, channels)
@@ -274,7 +289,36 @@ class ExperimentConfig:
         """Classes of the dataset before any class selection."""
         if self.dataset == "emnist":
             return EMNIST_SPLITS[self.emnist_split]
+        if self.dataset == "image-folder":
+            return len(self.folder_classes)
         return BASE_CLASSES[self.dataset]
+
+    @cached_property
+    def folder_classes(self) -> list[str]:
+        """Class directory names of an image folder (`--data-dir root/<class>/...`), sorted."""
+        try:
+            names = sorted(
+                e.name for e in os.scandir(self.data_dir) if e.is_dir() and e.name[:1] != "."
+            )
+        except OSError as exc:
+            raise ConfigError(
+                "--data-dir", self.data_dir, f"cannot list it ({exc.strerror or exc})"
+            ) from None
+        if len(names) < 2:
+            raise ConfigError(
+                "--data-dir",
+                self.data_dir,
+                f"--dataset image-folder needs at least 2 class directories (root/<class>/*.jpg); "
+                f"found {len(names)}",
+            )
+        return names
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the dataset's images, as the models see them."""
+        if self.dataset == "image-folder":
+            return (3, self.image_size, self.image_size)
+        return INPUT_SHAPES.get(self.dataset, INPUT_SHAPE)
 
     @property
     def dataset_label(self) -> str:
@@ -319,11 +363,11 @@ class ExperimentConfig:
         return getattr(self, f"{role}_hidden_dims")
 
     def feature_shapes(self, role: str) -> list[tuple[int, ...]]:
-        """Output shape of each feature layer of `role` (for a CNN, validated against 28x28)."""
+        """Output shape of each feature layer of `role` (a CNN's validated against the input)."""
         spec = self.arch_spec(role)
         if spec is None:
             return [(d,) for d in self.hidden_dims(role)]
-        return archspec.cnn_shapes(spec, INPUT_SHAPE, f"--{role}-arch-spec")
+        return archspec.cnn_shapes(spec, self.input_shape, f"--{role}-arch-spec")
 
     def layer_names(self, role: str) -> list[str]:
         """Layer names of `role` in order, heads last."""
@@ -372,6 +416,7 @@ class ExperimentConfig:
             d.pop("temperature")
         if self.noise_dist != "perlin":
             d.pop("perlin_res")
+        d["augment"] = canonical_augment(self.augment)
         # fields added after the first release leave the hash unchanged at their defaults, so
         # existing output directories still resume
         for name, default in NEW_FIELD_DEFAULTS.items():
@@ -379,6 +424,11 @@ class ExperimentConfig:
                 d.pop(name)
         if self.noise_pool:
             d.pop("noise_steps")  # an epoch is one pass over the pool
+        if self.dataset != "image-folder":
+            d.pop("image_size")
+            d.pop("test_fraction")
+        else:
+            d["folder_classes"] = self.folder_classes
         return d
 
     @cached_property

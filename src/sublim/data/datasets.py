@@ -221,12 +221,27 @@ def load_dataset(
     emnist_split: str = "balanced",
     download: bool = True,
     progress: bool = True,
+    image_size: int = 64,
+    test_fraction: float = 0.2,
 ) -> ImageData:
     """Load train and test splits of a dataset (name, or a DatasetInfo) as uint8 tensors.
+
+    `cifar10` reads the python-pickle batches (downloading the archive when missing);
+    `image-folder` reads `data_dir/<class>/*.jpg|png` resized to `image_size` RGB, with a
+    deterministic `test_fraction` split.
 
     Files are searched in data_dir, data_dir/<Folder>/raw/ and the bundled copy; missing ones
     are downloaded into data_dir when `download`, else a DataError says where to get them.
     """
+    if isinstance(dataset, str) and dataset.strip().lower() in ("cifar10", "image-folder"):
+        return _load_rgb(
+            dataset.strip().lower(),
+            Path(data_dir).expanduser(),
+            download,
+            progress,
+            image_size,
+            test_fraction,
+        )
     info = dataset if isinstance(dataset, DatasetInfo) else get_info(dataset, emnist_split)
     data_dir = Path(data_dir).expanduser()
     train_images, train_labels, test_images, test_labels = _locate(
@@ -251,6 +266,34 @@ def load_dataset(
         std=info.std,
         name=info.name,
         split=info.split,
+    )
+
+
+def _load_rgb(
+    name: str, root: Path, download: bool, progress: bool, size: int, test_fraction: float
+) -> ImageData:
+    """CIFAR-10 or an image folder as ImageData (RGB uint8, per-dataset normalisation)."""
+    if name == "cifar10":
+        from .cifar import CIFAR10_MEAN, CIFAR10_STD, load_cifar10
+
+        train_x, train_y, test_x, test_y = load_cifar10(root, download, progress)
+        mean, std, n = CIFAR10_MEAN, CIFAR10_STD, 10
+    else:
+        from .folders import IMAGENET_MEAN, IMAGENET_STD, load_image_folder
+
+        train_x, train_y, test_x, test_y, names = load_image_folder(root, size, test_fraction)
+        mean, std, n = IMAGENET_MEAN, IMAGENET_STD, len(names)
+    return ImageData(
+        train_x=train_x,
+        train_y=train_y,
+        test_x=test_x,
+        test_y=test_y,
+        num_classes=n,
+        base_num_classes=n,
+        classes=tuple(range(n)),
+        mean=tuple(mean),
+        std=tuple(std),
+        name=name,
     )
 
 

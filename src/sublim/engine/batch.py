@@ -58,7 +58,8 @@ def stack_key(config: ExperimentConfig) -> tuple[Any, ...] | None:
     if config.student_type != "mlp" or config.head_layout != "split" or config.noise_pool:
         return None  # these run one by one (still sharing their teacher)
     return (
-        config.dataset,  # the noise normalisation constants
+        config.dataset,  # the noise normalisation constants and the input shape
+        config.input_shape,
         config.data_mean,
         config.data_std,
         config.student_hidden_dims,
@@ -84,7 +85,8 @@ def _teacher_view(config: ExperimentConfig) -> str:
 def _slot_bytes(config: ExperimentConfig) -> float:
     """Rough memory of one stacked model: its input batch, activations (x3 for grads) and
     parameters (x4 for Adam's state and the gradient)."""
-    dims = [784, *config.student_hidden_dims, config.m]
+    c, h, w = config.input_shape
+    dims = [c * h * w, *config.student_hidden_dims, config.m]
     params = sum(a * b + b for a, b in zip(dims[:-1], dims[1:], strict=True))
     return 4.0 * (config.noise_bsize * (dims[0] + 3 * sum(dims[1:])) + 4 * params)
 
@@ -227,7 +229,8 @@ def _train_stack(
         s.prep.teacher.eval()
     noise_norm = order[0].prep.noise_norm
     streams = {s.prep.config.seed: s.prep.config for s in order}  # same noise settings, own seed
-    bufs = {seed: torch.empty((batch[0].noise_bsize, 1, 28, 28)) for seed in streams}
+    shape = (batch[0].noise_bsize, *batch[0].input_shape)
+    bufs = {seed: torch.empty(shape) for seed in streams}
     checkpoints: dict[int, list[tuple[int, ExperimentConfig]]] = {}
     for k, s in enumerate(order):
         for c in s.runs:

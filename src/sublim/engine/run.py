@@ -51,11 +51,11 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-_RAW: dict[tuple[str, str, str], ImageData] = {}  # (dataset, split, data_dir) -> data; <= 2
+_RAW: dict[tuple[Any, ...], ImageData] = {}  # (dataset, split, data_dir) -> data; <= 2
 
 
 @functools.lru_cache(maxsize=8)
-def _selected(key: tuple[str, str, str], classes: tuple[int, ...] | None) -> ImageData:
+def _selected(key: tuple[Any, ...], classes: tuple[int, ...] | None) -> ImageData:
     return _RAW[key] if classes is None else select_classes(_RAW[key], classes)
 
 
@@ -64,10 +64,19 @@ def load_data(config: ExperimentConfig, progress: bool = False) -> ImageData:
     dataset is read once (`progress` only matters for that first read) and each selection
     made once."""
     key = (config.dataset, config.emnist_split, config.data_dir)
+    if config.dataset == "image-folder":
+        key += (config.image_size, config.test_fraction)  # type: ignore[assignment]
     if key not in _RAW:
         if len(_RAW) >= 2:
             _RAW.pop(next(iter(_RAW)))
-        _RAW[key] = load_dataset(key[0], key[2], emnist_split=key[1], progress=progress)
+        _RAW[key] = load_dataset(
+            key[0],
+            key[2],
+            emnist_split=key[1],
+            progress=progress,
+            image_size=config.image_size,
+            test_fraction=config.test_fraction,
+        )
     return _selected(key, config.selected_classes)
 
 

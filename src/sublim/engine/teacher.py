@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..augmentspec import canonical as canonical_augment
 from ..config import ExperimentConfig
 from ..data.datasets import ImageData
 from ..models import SplitHeadNet, build_model
@@ -65,6 +66,10 @@ def teacher_key(config: ExperimentConfig) -> str:
     }
     if config.teacher_checkpoint is not None:
         fields["checkpoint"] = config.teacher_checkpoint
+    if canonical_augment(config.augment):
+        fields["augment"] = canonical_augment(config.augment)
+    if config.dataset == "image-folder":
+        fields["folder"] = (config.image_size, config.test_fraction, config.folder_classes)
     for name, default in (("head_layout", "split"), ("init_scheme", "torch-default")):
         if getattr(config, name) != default:  # keys of existing teacher caches stay valid
             fields[name] = getattr(config, name)

@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .. import seeds
-from ..config import INPUT_SHAPE, ExperimentConfig
+from ..config import ExperimentConfig
 from ..data.datasets import ImageData
 from ..data.noise import noise_batch
 from ..models import SplitHeadNet
+from .augment import Augmenter
 from .losses import get_loss
 from .optim import Adam
 
@@ -32,6 +33,7 @@ class Normalizer:
     """
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device):
+        self.mean, self.std = tuple(mean), tuple(std)
         m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         s = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.scale, self.shift = 1.0 / (255.0 * s), m / s
@@ -92,6 +94,7 @@ def train_teacher(
     n, bs = train_x.shape[0], config.data_bsize
     steps = (n + bs - 1) // bs
     opt = _adam(net, config.teacher_lr, ("class_head",))
+    augment = Augmenter(config.augment, config.seed, norm.mean, norm.std)
     net.train()
     last = float("nan")
     with _bar(config.teacher_epochs * steps, "teacher", progress) as bar:
@@ -101,7 +104,8 @@ def train_teacher(
             total = torch.zeros((), device=train_x.device)
             for i in range(steps):
                 idx = perm[i * bs : (i + 1) * bs]
-                loss = F.cross_entropy(net.class_logits(norm.take(train_x, idx)), train_y[idx])
+                x = augment(norm.take(train_x, idx), epoch, i)
+                loss = F.cross_entropy(net.class_logits(x), train_y[idx])
                 if opt is not None:
                     opt.zero_grad()
                     loss.backward()
@@ -131,7 +135,7 @@ def student_noise(
         step,
         config.noise_dist,
         config.noise_bsize,
-        INPUT_SHAPE,
+        config.input_shape,
         config.perlin_res,
         norm,
         out=out,
@@ -147,7 +151,7 @@ def noise_pool(config: ExperimentConfig, norm: NoiseNorm = None) -> torch.Tensor
         0,
         config.noise_dist,
         config.noise_pool,
-        INPUT_SHAPE,
+        config.input_shape,
         config.perlin_res,
         norm,
     )
@@ -158,7 +162,7 @@ def _student_batches(
 ) -> Iterator[torch.Tensor]:
     """The noise batches of one student epoch: fresh draws, or a reshuffled pass over the pool."""
     if not config.noise_pool:
-        buf = state.setdefault("buf", torch.empty((config.noise_bsize, *INPUT_SHAPE)))
+        buf = state.setdefault("buf", torch.empty((config.noise_bsize, *config.input_shape)))
         for i in range(config.noise_steps):
             yield student_noise(config, epoch * config.noise_steps + i, device, norm, buf)
         return
@@ -257,7 +261,7 @@ def aux_mse(
             b,
             config.noise_dist,
             config.eval_noise_bsize,
-            INPUT_SHAPE,
+            config.input_shape,
             config.perlin_res,
             noise_norm,
         ).to(device)

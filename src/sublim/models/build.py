@@ -19,7 +19,7 @@ from torch import nn
 
 from .. import seeds
 from ..archspec import SINGLE_HEAD
-from ..config import INPUT_SHAPE, ExperimentConfig
+from ..config import ExperimentConfig
 from .net import SplitHeadNet, mlp_spec
 
 ROLES = ("teacher", "student")
@@ -71,7 +71,7 @@ def build_model(
     spec = config.arch_spec(role) or mlp_spec(config.hidden_dims(role))
     with torch.device("meta"):
         net = SplitHeadNet(
-            spec, INPUT_SHAPE, config.num_classes, config.m, model_type, config.head_layout
+            spec, config.input_shape, config.num_classes, config.m, model_type, config.head_layout
         )
     net = net.to_empty(device="cpu")
     trainable = config.resolved_layer_configs[f"{role}_trainable"]
