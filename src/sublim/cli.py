@@ -54,6 +54,12 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         "+ config) to <outdir>/seed_<seed>/models/<run_id>/",
     )
     g.add_argument(
+        "--diagnostics",
+        action="store_true",
+        help="also record per-epoch loss and test accuracy, sample predictions and aux outputs "
+        "on noise (seed_<seed>/diagnostics/<run_id>.npz), plotted by `sublim report`",
+    )
+    g.add_argument(
         "--teacher-checkpoint",
         default=None,
         metavar="PATH",
@@ -348,6 +354,7 @@ def config_from_args(ns: argparse.Namespace) -> ExperimentConfig:
         "normalize_noise": ns.normalize_noise,
         "perturb": tuple(perturb),
         "save_models": ns.save_models,
+        "diagnostics": ns.diagnostics,
         "teacher_checkpoint": ns.teacher_checkpoint,
         "image_size": parse_int("--image-size", ns.image_size),
         "test_fraction": parse_float("--test-fraction", ns.test_fraction),

@@ -54,6 +54,7 @@ NON_RESULT_FIELDS = frozenset(
         "condition",
         "append_global",
         "save_models",
+        "diagnostics",
     }
 )
 
@@ -89,6 +90,8 @@ class ExperimentConfig:
     condition: str = ""  # the sweep's named condition, written as an extra runs.csv column
     append_global: bool = False
     save_models: bool = False  # write initial/trained teacher and trained student checkpoints
+    # record per-epoch curves, sample predictions and aux outputs on noise for `sublim report`
+    diagnostics: bool = False
     # data
     dataset: str = "mnist"
     emnist_split: str = "balanced"

@@ -16,14 +16,14 @@ Row = dict[str, Any]
 @dataclass
 class RunRecord:
     """All rows of one run. `seed` picks the per-seed directory (`seed_000042`); `artifacts`
-    (model checkpoints) go to `seed_000042/models/<run_id>/`."""
+    (checkpoints, diagnostics) are files at paths relative to that directory."""
 
     seed: int
     run: Row
     layer_metrics: list[Row] = field(default_factory=list)
     perturbations: list[Row] = field(default_factory=list)
     config: Row = field(default_factory=dict)
-    artifacts: dict[str, bytes] = field(default_factory=dict)  # file name -> bytes (checkpoints)
+    artifacts: dict[str, bytes] = field(default_factory=dict)  # relative path -> bytes
 
 
 # Value columns of a layer_metrics.csv row (what engine.metrics.compare returns).

@@ -18,6 +18,7 @@ import pandas as pd
 
 from ..errors import UserError
 from .bootstrap import DEFAULT_RESAMPLES, METHODS
+from .diagnostics import diagnostics_figures
 from .html import Section, render_html
 from .layers import layer_similarity_figure
 from .load import load, load_configs
@@ -135,8 +136,13 @@ def build_report(
     plot_metrics = options.metrics or ["student_final_acc"]
     figures = _figures(runs, plot_metrics, options, sections, note)
     layer_figs = _layer_figures(outdir, runs, options, sections, note) if options.layers else []
+    first = next(iter(sections.values()))
+    diag_figs = [
+        (sections.get(sweep, first), stem, caption, fig)
+        for sweep, stem, caption, fig in diagnostics_figures(outdir, runs, note)
+    ]
     pngs: dict[str, list[tuple[str, bytes]]] = {}
-    for sweep, stem, caption, fig in figures + layer_figs:
+    for sweep, stem, caption, fig in figures + layer_figs + diag_figs:
         try:
             encoded = save(fig, out_dir / stem, options.formats)
             result.files += [out_dir / f"{stem}.{fmt}" for fmt in options.formats]
@@ -227,8 +233,7 @@ def _figures(
                 axes = [a for a in detect_axes(part) if a != "sweep_name"]
                 x = options.x or pick_x(part, axes)
                 if x is None:
-                    note(f"sweep {sweep}: no axis varies; no plot drawn (see the summary)")
-                    continue
+                    continue  # one configuration: the summary table says it all
                 fig = generic_figure(part, metric, x, plot, title=sweep)
                 stem = f"{_slug(sweep)}_{metric}_vs_{x}"
                 drawn.append((section, stem, f"{sweep}: {metric} vs {x}", fig))

@@ -55,7 +55,12 @@ def slot_key(config: ExperimentConfig) -> str:
 
 def stack_key(config: ExperimentConfig) -> tuple[Any, ...] | None:
     """Runs with equal keys can train as one stacked model (None: this run cannot stack)."""
-    if config.student_type != "mlp" or config.head_layout != "split" or config.noise_pool:
+    if (
+        config.student_type != "mlp"
+        or config.head_layout != "split"
+        or config.noise_pool
+        or config.diagnostics
+    ):
         return None  # these run one by one (still sharing their teacher)
     return (
         config.dataset,  # the noise normalisation constants and the input shape

@@ -18,7 +18,7 @@ import datetime as _dt
 import functools
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -107,6 +107,7 @@ class Prepared:
     results: dict[str, float]
     snaps: dict[str, Any]
     perturb_rows: list[dict[str, Any]]
+    diag: dict[str, Any] = field(default_factory=dict)  # with --diagnostics
 
 
 def prepare(
@@ -135,7 +136,17 @@ def prepare(
     test_x, test_y = data.test_x.to(device), data.test_y.to(device)
     r["student_init_acc"], r["student_init_class_loss"] = evaluate(student, test_x, test_y, norm)
     r["student_init_aux_loss"] = aux_mse(config, student, teacher, device, "initial", noise_norm)
-    return Prepared(config, data, device, teacher, student, norm, noise_norm, r, snaps, prows)
+    p = Prepared(config, data, device, teacher, student, norm, noise_norm, r, snaps, prows)
+    if config.diagnostics:
+        from .diagnostics import aux_outputs, eval_noise
+
+        noise = eval_noise(config, device, noise_norm)
+        p.diag = {
+            "noise": noise,
+            "student_aux_init": aux_outputs(student, noise),
+            "teacher_history": teacher_state.history,
+        }
+    return p
 
 
 def finish(
@@ -146,6 +157,7 @@ def finish(
     train_loss_last: float,
     started: float,
     teacher_eval: tuple[float, float] | None = None,
+    student_history: list | None = None,
 ) -> RunRecord:
     """Timeline step 6 on trained models (changed in place by late perturbations) -> record.
 
@@ -168,7 +180,23 @@ def finish(
     r["student_final_aux_loss"] = aux_mse(config, student, teacher, device, "final", p.noise_norm)
     order = {t: i for i, t in enumerate(TIMINGS)}
     prows.sort(key=lambda row: order[row["timing"]])  # stable: spec order within a timing
-    return _record(config, data, device, r, snaps, prows, teacher, student, started)
+    diagnostics = None
+    if config.diagnostics and p.diag:
+        from .diagnostics import collect
+
+        diagnostics = collect(
+            config,
+            data,
+            device,
+            norm,
+            teacher,
+            student,
+            p.diag["noise"],
+            p.diag["student_aux_init"],
+            p.diag["teacher_history"],
+            student_history or [],
+        )
+    return _record(config, data, device, r, snaps, prows, teacher, student, started, diagnostics)
 
 
 def run(
@@ -189,8 +217,14 @@ def run(
     if teacher_state is None:
         teacher_state = train_teacher_stage(config, data, device, progress)
     p = prepare(config, data, device, teacher_state)
-    loss = train_student(config, p.student, p.teacher, device, p.noise_norm, progress)
-    return finish(p, config, p.student, p.teacher, loss, started)
+    recorder = None
+    if config.diagnostics:
+        from .diagnostics import EpochRecorder
+
+        recorder = EpochRecorder(p.student, data, p.norm, device)
+    loss = train_student(config, p.student, p.teacher, device, p.noise_norm, progress, recorder)
+    history = None if recorder is None else recorder.rows
+    return finish(p, config, p.student, p.teacher, loss, started, student_history=history)
 
 
 def _record(
@@ -203,6 +237,7 @@ def _record(
     teacher: SplitHeadNet,
     student: SplitHeadNet,
     started: float,
+    diagnostics: dict[str, Any] | None = None,
 ) -> RunRecord:
     timestamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     run_id = f"{timestamp[:19].replace(':', '').replace('-', '')}-{uuid.uuid4().hex[:10]}"
@@ -221,8 +256,13 @@ def _record(
     if config.save_models:
         from .checkpoint import model_bundles
 
-        artifacts = model_bundles(config, teacher, student, results)
+        bundles = model_bundles(config, teacher, student, results)
+        artifacts = {f"models/{run_id}/{name}": data for name, data in bundles.items()}
         row["models_dir"] = f"seed_{config.seed:06d}/models/{run_id}"
+    if diagnostics is not None:
+        from .diagnostics import diagnostics_npz
+
+        artifacts[f"diagnostics/{run_id}.npz"] = diagnostics_npz(diagnostics)
     row["runtime_seconds"] = time.perf_counter() - started
     layer_metrics = [{**common, **lr_, "config_hash": config.config_hash} for lr_ in layer]
     perturbations = [{**common, **p, "config_hash": config.config_hash} for p in perturb_rows]

@@ -89,6 +89,7 @@ class TeacherState:
     metrics: dict[str, float]  # teacher_init_acc, teacher_init_class_loss, teacher_train_loss_last
     perturb_rows: list[dict[str, Any]]
     includes_aux: bool
+    history: list[tuple[float, float, float]] | None = None  # per epoch, with --diagnostics
 
     def to_bytes(self) -> bytes:
         """Serialised form for the on-disk cache (loadable with weights_only=True)."""
@@ -137,8 +138,13 @@ def train_teacher_stage(
     metrics["teacher_init_acc"], metrics["teacher_init_class_loss"] = evaluate(
         teacher, test_x, test_y, norm
     )
+    recorder = None
+    if config.diagnostics:
+        from .diagnostics import EpochRecorder
+
+        recorder = EpochRecorder(teacher, data, norm, device)
     metrics["teacher_train_loss_last"] = train_teacher(
-        config, teacher, data.train_x.to(device), data.train_y.to(device), norm, progress
+        config, teacher, data.train_x.to(device), data.train_y.to(device), norm, progress, recorder
     )
     rows += apply_perturbations(config, teacher, "teacher", "after_teacher_training")
     includes_aux = _aux_touched(config)
@@ -149,4 +155,5 @@ def train_teacher_stage(
     }
     if not includes_aux:
         init = {k: v for k, v in init.items() if k != "aux_head"}
-    return TeacherState(teacher_key(config), state, init, metrics, rows, includes_aux)
+    history = None if recorder is None else recorder.rows
+    return TeacherState(teacher_key(config), state, init, metrics, rows, includes_aux, history)

@@ -6,7 +6,7 @@ come from derived seeds. Each stage asks its model only for the head its loss re
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -89,8 +89,11 @@ def train_teacher(
     train_y: torch.Tensor,
     norm: Normalizer,
     progress: bool = False,
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> float:
-    """Adam + cross-entropy on class_head over the labelled set; returns last epoch's mean loss."""
+    """Adam + cross-entropy on class_head over the labelled set; returns last epoch's mean loss.
+
+    `on_epoch(epoch, mean_loss)` is called after every epoch (diagnostics)."""
     n, bs = train_x.shape[0], config.data_bsize
     steps = (n + bs - 1) // bs
     opt = _adam(net, config.teacher_lr, ("class_head",))
@@ -115,6 +118,8 @@ def train_teacher(
                 if progress and i % 10 == 0:
                     bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}")
             last = total.item() / n
+            if on_epoch is not None:
+                on_epoch(epoch, last)
     return last
 
 
@@ -189,6 +194,7 @@ def train_student(
     device: torch.device,
     noise_norm: NoiseNorm = None,
     progress: bool = False,
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> float:
     """Adam on the distillation loss between aux heads over noise; last epoch's mean loss.
 
@@ -221,6 +227,8 @@ def train_student(
                 if progress and i % 10 == 0:
                     bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.5f}")
             last = total.item() / seen
+            if on_epoch is not None:
+                on_epoch(epoch, last)
     return last
 
 

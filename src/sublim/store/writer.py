@@ -219,13 +219,14 @@ class RunStore:
     # -- internals -----------------------------------------------------------------------
 
     def _write_artifacts(self, record: RunRecord) -> None:
-        """A run's checkpoint files, each atomically, under seed_<seed>/models/<run_id>/."""
-        if not record.artifacts:
-            return
-        folder = self.outdir / seed_dir_name(record.seed) / MODELS_DIR / str(record.run["run_id"])
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, data in record.artifacts.items():
-            atomic_write_bytes(folder / name, data)
+        """A run's extra files (checkpoints, diagnostics), each atomically, in its seed dir."""
+        folder = self.outdir / seed_dir_name(record.seed)
+        for rel, data in record.artifacts.items():
+            path = folder / rel
+            if ".." in Path(rel).parts or Path(rel).is_absolute():
+                raise ValueError(f"artifact path {rel!r} leaves the seed directory")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, data)
 
     def _os_error(self, action: str, exc: OSError) -> StoreError:
         """One-line StoreError for an OS failure on the output directory."""
