@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from ..errors import UserError
+from ..records import LAYER_METRIC_VALUES
 from ..store.schema import LAYER_METRICS_COLUMNS, PERTURBATION_COLUMNS, RUNS_COLUMNS
 
 # table -> (per-seed file name, global aggregate file name)
@@ -79,12 +80,7 @@ _NUMERIC_NAMES = frozenset(
         "student_train_aux_loss_last",
         "base_num_classes",
         "std",
-        "cosine",
-        "diff_norm",
-        "reference_norm",
-        "other_norm",
-        "relative_diff_reference",
-        "relative_diff_symmetric",
+        *LAYER_METRIC_VALUES,
     }
 )
 _INTEGRAL = frozenset({"schema_version", "seed", "m", "num_classes", "noise_steps"})

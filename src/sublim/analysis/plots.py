@@ -54,12 +54,14 @@ class PlotOptions:
     n_resamples: int = DEFAULT_RESAMPLES
     seed: int = 0
 
-    def summarize(self, runs: pd.DataFrame, by: Sequence[str], metric: str) -> pd.DataFrame:
-        """`summarize` of one metric with these options."""
+    def summarize(
+        self, runs: pd.DataFrame, by: Sequence[str], metric: str | Sequence[str]
+    ) -> pd.DataFrame:
+        """`summarize` of one metric (or several) with these options."""
         return summarize(
             runs,
             by=list(by),
-            metrics=[metric],
+            metrics=[metric] if isinstance(metric, str) else list(metric),
             level=self.level,
             method=self.method,
             n_resamples=self.n_resamples,

@@ -25,7 +25,7 @@ from .load import load, load_configs
 from .plots import PlotOptions, generic_figure, pick_x
 from .recipes import FIGURES, RECIPES, RecipeMismatch, figure_of
 from .style import FORMATS, close, render, save, write_atomic
-from .summary import DEFAULT_METRICS, check_columns, detect_axes, summarize
+from .summary import DEFAULT_METRICS, check_columns, detect_axes
 from .tables import text_table, wide_table
 
 # config fields that say nothing about the experiment (left out of the HTML config tables)
@@ -110,15 +110,7 @@ def build_report(
     by = options.by if options.by is not None else detect_axes(runs)
     check_columns(runs, by, "--by", "axis")
     metrics = options.metrics or [m for m in DEFAULT_METRICS if m in runs.columns]
-    summary = summarize(
-        runs,
-        by,
-        metrics,
-        level=options.level,
-        method=options.method,
-        n_resamples=options.n_resamples,
-        seed=options.seed,
-    )
+    summary = options.plot().summarize(runs, by, metrics)
     if options.x is not None:
         check_columns(runs, [options.x], "--x", "axis")
     out_dir = Path(out) if out is not None else Path(outdir) / "report"
@@ -177,16 +169,7 @@ def _section_tables(
         part = runs[runs["sweep_name"].astype(str).isin(members)]
         by = options.by if options.by is not None else detect_axes(part)
         metrics = list(summary["metric"].unique())
-        table = summarize(
-            part,
-            by,
-            metrics,
-            level=options.level,
-            method=options.method,
-            n_resamples=options.n_resamples,
-            seed=options.seed,
-        )
-        out[title] = (len(part), table)
+        out[title] = (len(part), options.plot().summarize(part, by, metrics))
     return out
 
 
