@@ -139,3 +139,15 @@ def test_summarize_rejects_unknown_columns_with_the_flag_name() -> None:
         summarize(runs, metrics=["condition"])
     with pytest.raises(UserError, match="--ci"):
         summarize(runs, method="bogus")
+
+
+def test_a_groups_interval_depends_on_its_runs_not_on_its_labels() -> None:
+    runs = _frame()
+    one = summarize(runs, by=["condition", "m"], metrics=["student_final_acc"], n_resamples=500)
+    two = summarize(
+        runs.assign(extra="x"),
+        by=["extra", "condition", "m"],
+        metrics=["student_final_acc"],
+        n_resamples=500,
+    )
+    assert one["ci_low"].tolist() == two["ci_low"].tolist()

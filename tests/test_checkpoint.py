@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -148,5 +149,67 @@ def test_cli_bad_checkpoint_is_one_line_and_writes_nothing(tmp_path: Path) -> No
     )
     assert proc.returncode == 2
     assert proc.stderr.startswith("sublim: error: --teacher-checkpoint: invalid value 'x.pt'")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_checkpoint_keeps_its_real_init_and_normalisation(saved: tuple[Path, dict]) -> None:
+    folder, row = saved
+    path = str(folder / "teacher.pt")
+    # another seed: the student's A layers are not the checkpoint teacher's init any more, and
+    # the layer metrics say so (the snapshot is the checkpoint's real initial teacher)
+    other = run(ExperimentConfig(seed=5, teacher_checkpoint=path, **TINY)).run
+    assert row["cos_init_teacher_student_class_head_weight"] == pytest.approx(1.0)
+    assert abs(other["cos_init_teacher_student_class_head_weight"]) < 0.5
+    with pytest.raises(ConfigError, match="trained with --data-mean None; this run uses"):
+        load_teacher_checkpoint(
+            ExperimentConfig(teacher_checkpoint=path, data_mean=(0.5,), data_std=(0.5,), **TINY),
+            torch.device("cpu"),
+        )
+
+
+def test_saved_teacher_is_the_trained_one_before_student_stage_perturbations(
+    saved: tuple[Path, dict], tmp_path: Path
+) -> None:
+    folder, _ = saved
+    spec = PerturbSpec(target="teacher", std=0.5, timing="before_student_training")
+    record = run(ExperimentConfig(save_models=True, perturb=(spec,), **TINY))
+    name = f"models/{record.run['run_id']}/teacher.pt"
+    perturbed = torch.load(io.BytesIO(record.artifacts[name]), weights_only=True)["state_dict"]
+    plain = torch.load(folder / "teacher.pt", weights_only=True)["state_dict"]
+    for key, value in plain.items():
+        assert torch.equal(value, perturbed[key]), key
+
+
+def test_sweep_over_m_with_one_checkpoint_fails_in_one_line(
+    saved: tuple[Path, dict], tmp_path: Path
+) -> None:
+    folder, _ = saved
+    spec = tmp_path / "s.toml"
+    spec.write_text(
+        f"""name = "ck"
+seeds = [42]
+[base]
+teacher_checkpoint = "{folder / "teacher.pt"}"
+teacher_epochs = 1
+student_epochs = 1
+noise_steps = 2
+eval_noise_batches = 1
+teacher_hidden_dims = [32, 32]
+student_hidden_dims = [32, 32]
+classes = [0, 1, 2]
+[grid]
+m = [4, 7]
+"""
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "sublim", "sweep", str(spec), "--outdir", "o", "--quiet"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "layers.aux_head.weight is 4x32 in the checkpoint, 7x32 in this run" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()

@@ -113,3 +113,12 @@ def test_bad_flags_are_one_line_and_write_nothing(
     assert len(lines) == 1 and lines[0].startswith(f"sublim: error: {message}"), proc.stderr
     assert not (tmp_path / "res" / "report").exists()
     assert proc.stdout == ""
+
+
+def test_unwritable_output_is_one_line(tmp_path: Path) -> None:
+    sr.fig5(tmp_path / "res", seeds=[0])
+    (tmp_path / "file").write_text("x")
+    proc = sublim("report", "res", "--out", "file/sub", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("sublim: error: --out file/sub:"), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -91,9 +91,13 @@ def test_report_draws_the_three_plots_and_skips_damaged_files(recorded, tmp_path
         png = out / f"diagnostics_{run_id}_{kind}.png"
         assert png.stat().st_size > 10_000 and _size(png) == size
     assert "sample predictions" in (out / "report.html").read_text()
-    # a damaged diagnostics file is reported and skipped
-    bad = tmp_path / "r" / "seed_000042" / "diagnostics" / "broken.npz"
-    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    # a file of no loaded run (left by a crash before the rows) is ignored
+    folder = tmp_path / "r" / "seed_000042" / "diagnostics"
+    (folder / "orphan.npz").write_bytes((folder / f"{run_id}.npz").read_bytes())
     seen: list[str] = []
+    result = build_report(tmp_path / "r", out, ReportOptions(n_resamples=200), warn=seen.append)
+    assert seen == [] and not any("orphan" in p.name for p in result.files)
+    # a damaged diagnostics file is reported and skipped
+    (folder / f"{run_id}.npz").write_bytes(b"PK\x03\x04 not really a zip")
     build_report(tmp_path / "r", out, ReportOptions(n_resamples=200), warn=seen.append)
-    assert any("broken.npz: unreadable diagnostics file" in w for w in seen)
+    assert any(f"{run_id}.npz: unreadable diagnostics file" in w for w in seen)

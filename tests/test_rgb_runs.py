@@ -135,3 +135,20 @@ def test_cli_image_folder(folder_dir: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.startswith("sublim: warning: skipped 1 unreadable images")
     assert "teacher acc" in proc.stdout
+
+
+def test_image_folder_identity_follows_its_files(folder_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from sublim.engine.teacher import teacher_key
+
+    copy = tmp_path / "pets"
+    shutil.copytree(folder_dir, copy)
+    before = ExperimentConfig(dataset="image-folder", data_dir=str(copy))
+    hash_before, key_before = before.config_hash, teacher_key(before)
+    # a relabelled image: same class names, different experiment
+    (copy / "cat" / "00.jpg").rename(copy / "dog" / "moved.jpg")
+    after = ExperimentConfig(dataset="image-folder", data_dir=str(copy))
+    assert before.folder_classes == after.folder_classes
+    assert hash_before != after.config_hash
+    assert key_before != teacher_key(after)

@@ -42,6 +42,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
     from .engine import load_data, resolve_device, run
 
     resolve_device(config.device)
+    _check_checkpoints([config])  # before any data is loaded or downloaded
     progress = not ns.quiet and sys.stderr.isatty()
     load_data(config, progress=not ns.quiet)  # data errors surface before any work
     record = run(config, progress=progress)
@@ -49,6 +50,22 @@ def cmd_run(ns: argparse.Namespace) -> int:
         store.write(record)
     print(_summary(record, Path(config.outdir)))
     return 0
+
+
+def _check_checkpoints(configs: list[Any]) -> None:
+    """Refuse, in one line and before any work, a --teacher-checkpoint that does not fit a run
+    (checked once per distinct teacher)."""
+    import torch
+
+    from .engine.checkpoint import load_teacher_checkpoint
+    from .engine.teacher import teacher_key
+
+    seen: set[str] = set()
+    for config in configs:
+        if config.teacher_checkpoint is None or teacher_key(config) in seen:
+            continue
+        seen.add(teacher_key(config))
+        load_teacher_checkpoint(config, torch.device("cpu"))
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
@@ -106,6 +123,7 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
         resolve_device(device)
     for data_dir in {c.data_dir for c in plan.pending}:
         _check_data_dir(data_dir)
+    _check_checkpoints(plan.pending)
     if ns.dry_run:  # reads only: nothing is created
         print("\n".join(plan.summary()))
         return 0

@@ -34,6 +34,7 @@ EMNIST_SPLITS = {
 BASE_CLASSES = {"mnist": 10, "fashion-mnist": 10, "kmnist": 10, "cifar10": 10}
 # (channels, height, width) of each dataset's images (image-folder: 3 x --image-size squared)
 INPUT_SHAPES = {"cifar10": (3, 32, 32)}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")  # data.folders reads these
 MODEL_TYPES = ("mlp", "cnn")
 NOISE_DISTS = ("uniform", "normal", "perlin")
 DISTILL_LOSSES = ("mse", "kl", "standardized-mse")
@@ -316,6 +317,21 @@ class ExperimentConfig:
             )
         return names
 
+    @cached_property
+    def folder_fingerprint(self) -> str:
+        """Hash of an image folder's image files (relative paths and sizes), so a changed or
+        relabelled folder is a different experiment even under the same class names."""
+        h = hashlib.blake2b(digest_size=8)
+        for name in self.folder_classes:
+            for dirpath, dirnames, filenames in os.walk(os.path.join(self.data_dir, name)):
+                dirnames[:] = sorted(d for d in dirnames if d[:1] != ".")
+                for f in sorted(filenames):
+                    if f[:1] != "." and os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES:
+                        path = os.path.join(dirpath, f)
+                        rel = os.path.relpath(path, self.data_dir).replace(os.sep, "/")
+                        h.update(f"{rel}\0{os.path.getsize(path)}\n".encode())
+        return h.hexdigest()
+
     @property
     def input_shape(self) -> tuple[int, int, int]:
         """(channels, height, width) of the dataset's images, as the models see them."""
@@ -432,6 +448,7 @@ class ExperimentConfig:
             d.pop("test_fraction")
         else:
             d["folder_classes"] = self.folder_classes
+            d["folder_fingerprint"] = self.folder_fingerprint
         return d
 
     @cached_property

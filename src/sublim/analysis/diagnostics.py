@@ -142,7 +142,8 @@ def diagnostics_figures(
     root: str | os.PathLike[str], runs: pd.DataFrame, warn: Callable[[str], None]
 ) -> list[tuple[str, str, str, Figure]]:
     """(sweep, file stem, caption, figure) for up to MAX_RUNS runs with diagnostics."""
-    files = find_diagnostics(root)
+    known = set(runs["run_id"].astype(str)) if "run_id" in runs else set()
+    files = [p for p in find_diagnostics(root) if p.stem in known]  # not orphans of a crash
     if len(files) > MAX_RUNS:
         warn(
             f"{len(files)} runs have diagnostics; plotting the first {MAX_RUNS} "

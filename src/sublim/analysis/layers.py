@@ -17,7 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .plots import PlotOptions, fmt_value, series_colors, shared_legend, short_labels
-from .style import new_figure, styled
+from .style import PAGE_WIDTH, new_figure, styled
 from .summary import detect_axes, natural_key
 
 COMPARISONS = {"teacher_student_init": "initial", "teacher_student_final": "final"}
@@ -89,7 +89,7 @@ def layer_similarity_figure(
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = new_figure(
-        2.4 * ncols + 0.4, 2.1 * nrows + 0.6, ncols=ncols, nrows=nrows, sharey=True
+        min(PAGE_WIDTH, 2.2 * ncols + 0.4), 2.1 * nrows + 0.6, ncols=ncols, nrows=nrows, sharey=True
     )
     flat = [ax for row in axes for ax in row]
     hues = sorted(frame[hue].unique(), key=natural_key) if hue else [None]

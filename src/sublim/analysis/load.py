@@ -52,6 +52,10 @@ TEXT_COLUMNS = frozenset(
         "distill_loss",
         "noise_dist",
         "dataset",
+        "head_layout",
+        "init_scheme",
+        "augment",
+        "teacher_checkpoint",
     }
 )
 # Columns written by sublim as numbers: a value there that does not parse marks a damaged row.

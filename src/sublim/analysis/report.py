@@ -16,7 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from ..errors import UserError
+from ..errors import StoreError, UserError
+from ..store.writer import check_writable
 from .bootstrap import DEFAULT_RESAMPLES, METHODS
 from .diagnostics import diagnostics_figures
 from .html import Section, render_html
@@ -102,6 +103,11 @@ def build_report(
         if warn:
             warn(message)
 
+    out_dir = Path(out) if out is not None else Path(outdir) / "report"
+    try:
+        check_writable(out_dir)
+    except StoreError as exc:
+        raise UserError(str(exc).replace("--outdir", "--out", 1)) from None
     runs = load(outdir, "runs", warn=note)
     if runs.empty:
         raise UserError(
@@ -113,7 +119,6 @@ def build_report(
     summary = options.plot().summarize(runs, by, metrics)
     if options.x is not None:
         check_columns(runs, [options.x], "--x", "axis")
-    out_dir = Path(out) if out is not None else Path(outdir) / "report"
     sections = _sections(runs, options)
     tables = _section_tables(runs, summary, sections, options)
     text = "\n\n".join(
@@ -136,7 +141,11 @@ def build_report(
     pngs: dict[str, list[tuple[str, bytes]]] = {}
     for sweep, stem, caption, fig in figures + layer_figs + diag_figs:
         try:
-            encoded = save(fig, out_dir / stem, options.formats)
+            try:
+                encoded = save(fig, out_dir / stem, options.formats)
+            except OSError as exc:
+                reason = exc.strerror or exc
+                raise UserError(f"--out {out_dir}: cannot write {stem} ({reason})") from None
             result.files += [out_dir / f"{stem}.{fmt}" for fmt in options.formats]
             if options.html:
                 png = encoded.get("png") or render(fig, "png")
@@ -144,13 +153,17 @@ def build_report(
         finally:
             close(fig)
     if options.html:
-        html = _html(outdir, runs, tables, by, sections, pngs, warnings)
+        html = _html(outdir, runs, tables, by, sections, pngs, warnings, options)
         _write(result, out_dir / "report.html", html.encode())
     return result
 
 
 def _write(result: ReportResult, path: Path, data: bytes) -> None:
-    write_atomic(path, data)
+    try:
+        write_atomic(path, data)
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise UserError(f"--out {path.parent}: cannot write {path.name} ({reason})") from None
     result.files.append(path)
 
 
@@ -252,7 +265,9 @@ def _html(
     sections: dict[str, str],
     pngs: dict[str, list[tuple[str, bytes]]],
     warnings: list[str],
+    options: ReportOptions,
 ) -> str:
+    level, method, n_boot = 100 * options.level, options.method, options.n_resamples
     configs = load_configs(outdir, warn=lambda _m: None)
     by_sweep: dict[str, list[dict[str, Any]]] = {}
     for item in configs:
@@ -274,7 +289,8 @@ def _html(
             )
         )
     notes = [
-        f"{len(runs)} runs from {outdir}. Cells: mean [95 % bootstrap CI] over seeds; "
+        f"{len(runs)} runs from {outdir}. Cells: mean [{level:g} % {method} bootstrap CI of the "
+        f"mean, {n_boot} resamples] over seeds; "
         f"summary.csv groups all runs by {', '.join(by) or 'nothing (one group)'}.",
         *[f"warning: {w}" for w in warnings],
     ]

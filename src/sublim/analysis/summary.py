@@ -49,6 +49,15 @@ AXIS_CANDIDATES: tuple[str, ...] = (
     "normalize_noise",
     "distill_loss",
     "temperature",
+    "head_layout",
+    "init_scheme",
+    "noise_pool",
+    "augment",
+    "image_size",
+    "test_fraction",
+    "data_mean",
+    "data_std",
+    "teacher_checkpoint",
     "eval_noise_batches",
     "eval_noise_bsize",
     "class_selection",
@@ -81,6 +90,14 @@ def _n_groups(frame: pd.DataFrame, columns: Sequence[str]) -> int:
     if not columns:
         return 1 if len(frame) else 0
     return len(frame[list(columns)].map(_key).drop_duplicates())
+
+
+def _content(frame: pd.DataFrame, key: tuple[Any, ...]) -> str:
+    """What a group is, for its bootstrap seed: its run ids when known (so the same runs get
+    the same interval however they are grouped), else its labels."""
+    if "run_id" in frame:
+        return ",".join(sorted(map(str, frame["run_id"])))
+    return "|".join(map(_key, key))
 
 
 def detect_axes(runs: pd.DataFrame) -> list[str]:
@@ -171,7 +188,7 @@ def summarize(
                 level=level,
                 method=method,
                 n_resamples=n_resamples,
-                seed=group_seed(seed, *map(_key, key), metric),
+                seed=group_seed(seed, _content(frame, key), metric),
             )
             rows.append(
                 {

@@ -16,11 +16,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sublim.config import IMAGE_SUFFIXES
 from sublim.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")  # case-insensitive
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES  # case-insensitive; the config fingerprints the same files
 _SHOWN = 5  # unreadable images named in the warning
 
 

@@ -26,7 +26,13 @@ class Augmenter:
         self.settings = parse_augment(text)
         self.active = any(self.settings.values())
         self.seed = seed
-        self.background = tuple(-m / s for m, s in zip(mean, std, strict=False)) or (0.0,)
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def background(self, channels: int) -> tuple[float, ...]:
+        """Per channel, the normalised value of a black pixel (1-value constants broadcast)."""
+        mean = self.mean * channels if len(self.mean) == 1 else self.mean
+        std = self.std * channels if len(self.std) == 1 else self.std
+        return tuple(-m / s for m, s in zip(mean, std, strict=True))
 
     def matrices(self, n: int, height: int, width: int, gen: torch.Generator) -> torch.Tensor:
         """[n, 2, 3] affine matrices (output -> input coordinates, normalised to [-1, 1])."""
@@ -52,8 +58,7 @@ class Augmenter:
         gen = seeds.generator(self.seed, "augment", epoch, step)
         theta = self.matrices(n, h, w, gen).to(device=x.device, dtype=x.dtype)
         grid = F.affine_grid(theta, [n, c, h, w], align_corners=False)
-        bg = torch.tensor(self.background, device=x.device, dtype=x.dtype)
-        bg = bg.view(1, -1, 1, 1) if bg.numel() == c else bg.view(1, 1, 1, 1)
+        bg = torch.tensor(self.background(c), device=x.device, dtype=x.dtype).view(1, c, 1, 1)
         out = F.grid_sample(
             x - bg, grid, mode="bilinear", padding_mode="zeros", align_corners=False
         )

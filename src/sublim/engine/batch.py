@@ -159,10 +159,12 @@ def run_group(
         return []
     device = resolve_device(configs[0].device)
     states: dict[str, TeacherState] = dict(teachers or {})
+    curves = {teacher_key(c) for c in configs if c.diagnostics}  # teachers to record curves of
     for c in configs:
         key = teacher_key(c)
         if key not in states:
-            states[key] = train_teacher_stage(c, load_data(c), device, progress)
+            rep = c.replace(diagnostics=True) if key in curves else c
+            states[key] = train_teacher_stage(rep, load_data(c), device, progress)
     records: dict[int, RunRecord] = {}
     index = {id(c): i for i, c in enumerate(configs)}
     for batch in plan_stacks(configs, across_seeds):

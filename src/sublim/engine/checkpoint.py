@@ -18,6 +18,7 @@ import torch
 from ..config import ExperimentConfig
 from ..errors import ConfigError
 from ..models import SplitHeadNet, build_model
+from ..models.net import mlp_spec
 from .metrics import snapshot
 from .perturb import apply_perturbations
 
@@ -26,24 +27,47 @@ FLAG = "--teacher-checkpoint"
 TEACHER_METRICS = ("teacher_init_acc", "teacher_init_class_loss", "teacher_train_loss_last")
 
 
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+
+def _build_info(config: ExperimentConfig, role: str) -> dict[str, Any]:
+    """What it takes to rebuild the network without the data or the original config's paths."""
+    return {
+        "spec": config.arch_spec(role) or mlp_spec(config.hidden_dims(role)),
+        "in_shape": list(config.input_shape),
+        "num_classes": config.num_classes,
+        "m": config.m,
+        "kind": getattr(config, f"{role}_type"),
+        "head_layout": config.head_layout,
+    }
+
+
 def bundle(
     config: ExperimentConfig,
     role: str,
     stage: str,
-    net: SplitHeadNet,
+    state: dict[str, torch.Tensor],
+    arch: str,
     metrics: dict[str, float] | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
 ) -> bytes:
-    """One model's checkpoint as bytes."""
+    """One model's checkpoint as bytes (a trained teacher also carries its initial state)."""
     data: dict[str, Any] = {
         "format": FORMAT,
         "role": role,
         "stage": stage,
         "config": config.to_dict(),
         "layer_names": config.layer_names(role),
-        "arch": net.describe(),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
+        "arch": arch,
+        "build": _build_info(config, role),
+        "classes": list(config.selected_classes) if config.selected_classes else None,
+        "folder_classes": config.folder_classes if config.dataset == "image-folder" else None,
+        "state_dict": _cpu(state),
         "metrics": dict(metrics or {}),
     }
+    if init_state is not None:
+        data["init_state_dict"] = _cpu(init_state)
     buffer = io.BytesIO()
     torch.save(data, buffer)
     return buffer.getvalue()
@@ -58,17 +82,22 @@ def initial_teacher(config: ExperimentConfig, device: torch.device) -> SplitHead
 
 def model_bundles(
     config: ExperimentConfig,
-    teacher: SplitHeadNet,
+    saved: dict[str, Any],
     student: SplitHeadNet,
     teacher_metrics: dict[str, float],
 ) -> dict[str, bytes]:
-    """The three files of `--save-models`: initial teacher, trained teacher, trained student."""
-    device = next(teacher.parameters()).device
+    """The three files of `--save-models`: initial teacher, trained teacher (as the teacher stage
+    left it, before any student-stage perturbation), trained student."""
     metrics = {k: teacher_metrics[k] for k in TEACHER_METRICS if k in teacher_metrics}
+    arch = saved["teacher_arch"]
     return {
-        "teacher_init.pt": bundle(config, "teacher", "init", initial_teacher(config, device)),
-        "teacher.pt": bundle(config, "teacher", "trained", teacher, metrics),
-        "student.pt": bundle(config, "student", "trained", student),
+        "teacher_init.pt": bundle(config, "teacher", "init", saved["teacher_init"], arch),
+        "teacher.pt": bundle(
+            config, "teacher", "trained", saved["teacher"], arch, metrics, saved["teacher_init"]
+        ),
+        "student.pt": bundle(
+            config, "student", "trained", student.state_dict(), student.describe()
+        ),
     }
 
 
@@ -82,25 +111,39 @@ def read_bundle(path: str | os.PathLike[str], flag: str = FLAG) -> dict[str, Any
     except Exception as exc:  # noqa: BLE001 (unpickling fails in many ways on a foreign file)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(flag, str(path), f"not a readable sublim checkpoint ({first})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    if not isinstance(data, dict) or data.get("format") != FORMAT or "build" not in data:
         raise ConfigError(flag, str(path), "not a sublim checkpoint (written by --save-models)")
     return data
 
 
+def _network(build: dict[str, Any], device: str | torch.device) -> SplitHeadNet:
+    with torch.device("meta"):
+        net = SplitHeadNet(
+            build["spec"],
+            tuple(build["in_shape"]),
+            build["num_classes"],
+            build["m"],
+            build["kind"],
+            build["head_layout"],
+        )
+    return net.to_empty(device=device)
+
+
 def load_model(path: str | os.PathLike[str], device: str = "cpu") -> tuple[SplitHeadNet, dict]:
-    """The model saved in a checkpoint, rebuilt from its own config, and the bundle's metadata."""
+    """The model saved in a checkpoint (rebuilt from the bundle alone, no data or folders
+    needed) and the bundle's metadata."""
     data = read_bundle(path, "path")
-    config = ExperimentConfig.from_dict({**data["config"], "device": device})
-    net = build_model(config, data["role"], device)
+    net = _network(data["build"], device)
     net.load_state_dict(data["state_dict"])
-    meta = {k: v for k, v in data.items() if k != "state_dict"}
+    meta = {k: v for k, v in data.items() if k not in ("state_dict", "init_state_dict")}
     return net, meta
 
 
 def load_teacher_checkpoint(config: ExperimentConfig, device: torch.device) -> dict[str, Any]:
-    """The trained teacher state of `config.teacher_checkpoint`, checked against `config`.
+    """The trained teacher of `config.teacher_checkpoint`, checked against `config`.
 
-    Returns {"state": state dict, "metrics": teacher-stage metrics, "init": initial snapshot}.
+    Refused in one line when its dataset, classes, input normalisation or architecture differ.
+    Returns {"state", "init_state", "init" (snapshot of the real initial teacher), "metrics"}.
     """
     path = config.teacher_checkpoint
     data = read_bundle(path)
@@ -108,37 +151,47 @@ def load_teacher_checkpoint(config: ExperimentConfig, device: torch.device) -> d
         raise ConfigError(
             FLAG, path, f"holds a {data.get('stage')} {data.get('role')}; give a trained teacher.pt"
         )
-    saved = data["config"]
-    mine = config.to_dict()
+    saved, mine = data["config"], config.to_dict()
     for key, what in (("dataset", "dataset"), ("emnist_split", "EMNIST split")):
         if saved.get(key) != mine[key] and (key != "emnist_split" or config.dataset == "emnist"):
             raise ConfigError(
                 FLAG, path, f"trained on {what} {saved.get(key)!r}; this run uses {mine[key]!r}"
             )
-    saved_classes = ExperimentConfig.from_dict(
-        {k: v for k, v in saved.items() if k in mine}
-    ).selected_classes
-    if saved_classes != config.selected_classes:
+    want = list(config.selected_classes) if config.selected_classes else None
+    if data.get("classes") != want:
         raise ConfigError(
             FLAG,
             path,
-            f"trained on classes {_classes(saved_classes)}; this run uses "
-            f"{_classes(config.selected_classes)}",
+            f"trained on classes {_classes(data.get('classes'))}; this run uses {_classes(want)}",
         )
+    if config.dataset == "image-folder" and data.get("folder_classes") != config.folder_classes:
+        raise ConfigError(FLAG, path, f"trained on class folders {data.get('folder_classes')}")
+    for key in ("data_mean", "data_std"):
+        if saved.get(key) != mine[key]:
+            raise ConfigError(
+                FLAG,
+                path,
+                f"trained with --{key.replace('_', '-')} {saved.get(key)}; this run uses "
+                f"{mine[key]} (inputs would be normalised differently)",
+            )
     expected = build_model(config, "teacher", device)
-    want = {k: tuple(v.shape) for k, v in expected.state_dict().items()}
+    want_shapes = {k: tuple(v.shape) for k, v in expected.state_dict().items()}
     have = {k: tuple(v.shape) for k, v in data["state_dict"].items()}
-    if want != have:
-        raise ConfigError(FLAG, path, f"architecture differs: {_first_difference(have, want)}")
-    expected.load_state_dict(data["state_dict"])
+    if want_shapes != have:
+        raise ConfigError(
+            FLAG, path, f"architecture differs: {_first_difference(have, want_shapes)}"
+        )
+    init_state = data.get("init_state_dict") or data["state_dict"]
+    expected.load_state_dict(init_state)
     return {
         "state": data["state_dict"],
+        "init_state": init_state,
+        "init": snapshot(expected),
         "metrics": {k: float(v) for k, v in data.get("metrics", {}).items()},
-        "init": snapshot(initial_teacher(config, device)),
     }
 
 
-def _classes(classes: tuple[int, ...] | None) -> str:
+def _classes(classes: list[int] | tuple[int, ...] | None) -> str:
     return "all" if classes is None else ",".join(map(str, classes))
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from .. import seeds
+from ..augmentspec import canonical as canonical_augment
 from ..config import ExperimentConfig
 from ..data.datasets import ImageData, load_dataset, select_classes
 from ..errors import ConfigError
@@ -108,6 +109,7 @@ class Prepared:
     snaps: dict[str, Any]
     perturb_rows: list[dict[str, Any]]
     diag: dict[str, Any] = field(default_factory=dict)  # with --diagnostics
+    saved: dict[str, Any] = field(default_factory=dict)  # teacher states for --save-models
 
 
 def prepare(
@@ -120,6 +122,16 @@ def prepare(
     if teacher_state.key != teacher_key(config):
         raise ValueError("teacher_state was trained for another teacher configuration")
     teacher = teacher_state.model(config, device)
+    saved: dict[str, Any] = {}
+    if config.save_models:  # the teacher as its stage left it, before student-stage perturbations
+        from .checkpoint import initial_teacher
+
+        init = teacher_state.init_state or initial_teacher(config, device).state_dict()
+        saved = {
+            "teacher": {k: v.detach().cpu().clone() for k, v in teacher.state_dict().items()},
+            "teacher_init": {k: v.detach().cpu().clone() for k, v in init.items()},
+            "teacher_arch": teacher.describe(),
+        }
     student = build_model(config, "student", device)
     mean, std = norm_constants(config, data)
     norm = Normalizer(mean, std, device)
@@ -137,6 +149,7 @@ def prepare(
     r["student_init_acc"], r["student_init_class_loss"] = evaluate(student, test_x, test_y, norm)
     r["student_init_aux_loss"] = aux_mse(config, student, teacher, device, "initial", noise_norm)
     p = Prepared(config, data, device, teacher, student, norm, noise_norm, r, snaps, prows)
+    p.saved = saved
     if config.diagnostics:
         from .diagnostics import aux_outputs, eval_noise
 
@@ -196,7 +209,9 @@ def finish(
             p.diag["teacher_history"],
             student_history or [],
         )
-    return _record(config, data, device, r, snaps, prows, teacher, student, started, diagnostics)
+    return _record(
+        config, data, device, r, snaps, prows, teacher, student, started, diagnostics, p.saved
+    )
 
 
 def run(
@@ -238,6 +253,7 @@ def _record(
     student: SplitHeadNet,
     started: float,
     diagnostics: dict[str, Any] | None = None,
+    saved: dict[str, Any] | None = None,
 ) -> RunRecord:
     timestamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     run_id = f"{timestamp[:19].replace(':', '').replace('-', '')}-{uuid.uuid4().hex[:10]}"
@@ -256,7 +272,7 @@ def _record(
     if config.save_models:
         from .checkpoint import model_bundles
 
-        bundles = model_bundles(config, teacher, student, results)
+        bundles = model_bundles(config, saved or {}, student, results)
         artifacts = {f"models/{run_id}/{name}": data for name, data in bundles.items()}
         row["models_dir"] = f"seed_{config.seed:06d}/models/{run_id}"
     if diagnostics is not None:
@@ -349,6 +365,15 @@ def _run_row(
         classes=list(c.selected_classes) if c.selected_classes else None,
         distill_loss=c.distill_loss,
         temperature=c.temperature,
+        head_layout=c.head_layout,
+        init_scheme=c.init_scheme,
+        noise_pool=c.noise_pool,
+        data_mean=list(c.data_mean) if c.data_mean is not None else None,
+        data_std=list(c.data_std) if c.data_std is not None else None,
+        augment=canonical_augment(c.augment),
+        teacher_checkpoint=c.teacher_checkpoint,
+        image_size=c.image_size if c.dataset == "image-folder" else None,
+        test_fraction=c.test_fraction if c.dataset == "image-folder" else None,
     )
     return row
 

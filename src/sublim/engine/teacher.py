@@ -31,7 +31,7 @@ TEACHER_TIMINGS = ("before_teacher_training", "after_teacher_training")
 def _aux_touched(config: ExperimentConfig) -> bool:
     """Whether the cached teacher must keep its aux head: a teacher-stage perturbation changes
     it, or it is part of the single `head` layer (then the cache holds the whole head)."""
-    if config.head_layout == "single":
+    if config.head_layout == "single" or config.teacher_checkpoint is not None:
         return True
     return any(
         p.target == "teacher"
@@ -69,7 +69,7 @@ def teacher_key(config: ExperimentConfig) -> str:
     if canonical_augment(config.augment):
         fields["augment"] = canonical_augment(config.augment)
     if config.dataset == "image-folder":
-        fields["folder"] = (config.image_size, config.test_fraction, config.folder_classes)
+        fields["folder"] = (config.image_size, config.test_fraction, config.folder_fingerprint)
     for name, default in (("head_layout", "split"), ("init_scheme", "torch-default")):
         if getattr(config, name) != default:  # keys of existing teacher caches stay valid
             fields[name] = getattr(config, name)
@@ -90,6 +90,7 @@ class TeacherState:
     perturb_rows: list[dict[str, Any]]
     includes_aux: bool
     history: list[tuple[float, float, float]] | None = None  # per epoch, with --diagnostics
+    init_state: dict[str, torch.Tensor] | None = None  # a checkpoint teacher's real initial state
 
     def to_bytes(self) -> bytes:
         """Serialised form for the on-disk cache (loadable with weights_only=True)."""
@@ -126,7 +127,15 @@ def train_teacher_stage(
 
         loaded = load_teacher_checkpoint(config, device)
         metrics = {k: loaded["metrics"].get(k, float("nan")) for k in TEACHER_METRICS}
-        return TeacherState(teacher_key(config), loaded["state"], loaded["init"], metrics, [], True)
+        return TeacherState(
+            teacher_key(config),
+            loaded["state"],
+            loaded["init"],
+            metrics,
+            [],
+            True,
+            init_state=loaded["init_state"],
+        )
     if data is None:
         raise ValueError("train_teacher_stage needs data unless the config names a checkpoint")
     teacher = build_model(config, "teacher", device)

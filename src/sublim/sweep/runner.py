@@ -154,7 +154,11 @@ def execute_sweep(plan: SweepPlan, store: RunStore, executor: Any, progress: boo
 
     def submit(kind: str, payload: Any) -> None:
         if kind == "teacher":
-            fut = executor.submit(teacher_task, plan.groups[payload][0], executor.threads)
+            group = plan.groups[payload]
+            rep = group[0]
+            if any(c.diagnostics for c in group):  # record the teacher's curves for them
+                rep = rep.replace(diagnostics=True)
+            fut = executor.submit(teacher_task, rep, executor.threads)
         else:
             teachers = {k: store.load_teacher(k) for k in {teacher_key(c) for c in payload}}
             fut = executor.submit(runs_task, payload, teachers, executor.threads)
