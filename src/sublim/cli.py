@@ -521,6 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
         "report.html. Files go to OUTDIR/report/ unless --out is given.",
     )
     _add_report_arguments(report_p)
+    from .kd.cli import add_kd_parser
+
+    add_kd_parser(sub, _Parser)
     data_p = sub.add_parser(
         "data",
         help="find, download and verify a dataset",
@@ -553,6 +556,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return commands.cmd_sweep(ns)
         if ns.command == "report":
             return commands.cmd_report(ns)
+        if ns.command == "kd":
+            from .kd.cli import cmd_kd
+
+            return cmd_kd(ns)
         return commands.cmd_data(ns)
     except UserError as exc:
         sys.stderr.write(f"{PROG}: error: {' '.join(str(exc).split())}\n")

@@ -1,0 +1,179 @@
+"""`sublim kd train-teacher | distill`: flags -> KDConfig -> run_experiment."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ..errors import ConfigError, UserError
+
+RECIPE_DEFAULTS = {
+    "epochs": "150",
+    "batch_size": "128",
+    "lr": "0.1",
+    "momentum": "0.9",
+    "weight_decay": "5e-4",
+    "schedule": "cosine",
+    "milestones": "150,180,210",
+    "gamma": "0.1",
+    "warmup_epochs": "0",
+    "label_smoothing": "0.1",
+    "augment": "crop=4,hflip=0.5",
+}
+
+
+def add_kd_parser(sub: Any, parser_class: type) -> None:
+    """The `kd` command with its two subcommands."""
+    kd = sub.add_parser(
+        "kd",
+        help="classical and feature distillation on CIFAR-style models (train-teacher, distill)",
+        description="Train teachers and distil students (KD, FitNets, AT, FT, RKD, NST, SP, DKD, "
+        "SimKD, logit standardisation) on CIFAR-10/100, SVHN or TinyImageNet. Each experiment "
+        "has its own directory (<outdir>/<dataset>/<method>/<teacher>_to_<student>/seed_<s>_<hash>) "
+        "with last.pt rewritten every epoch, best.pt, metrics.json and status.json; rerunning a "
+        "command resumes an interrupted experiment and skips a completed one.",
+    )
+    kd_sub = kd.add_subparsers(dest="kd_command", metavar="COMMAND", parser_class=parser_class)
+    teacher = kd_sub.add_parser("train-teacher", help="train a teacher with cross-entropy")
+    teacher.add_argument("--model", default="resnet56", help="model name (default: %(default)s)")
+    _common(teacher)
+    distill = kd_sub.add_parser("distill", help="distil a student from a trained teacher")
+    distill.add_argument(
+        "--method",
+        required=True,
+        help="none, kd, logit_std, fitnets, at, ft, rkd, nst, sp, dkd or simkd",
+    )
+    distill.add_argument("--teacher", required=True, help="teacher model name, e.g. resnet110")
+    distill.add_argument("--student", required=True, help="student model name, e.g. resnet20")
+    distill.add_argument(
+        "--teacher-checkpoint",
+        default=None,
+        help="teacher weights (a best.pt); default: the completed teacher experiment of that "
+        "model, dataset and seed under --outdir",
+    )
+    distill.add_argument(
+        "--alpha",
+        default=None,
+        help="loss = (1 - alpha) * CE + alpha * distill (raw distill loss); default: each "
+        "method's reference weights",
+    )
+    distill.add_argument(
+        "--method-params",
+        default="{}",
+        help="JSON object of method parameters, e.g. '{\"temperature\": 2}' or "
+        '\'{"student_tap": "stage2"}\'',
+    )
+    distill.add_argument(
+        "--init-epochs",
+        default="0",
+        help="epochs of FitNets' hint stage or FT's paraphraser pre-training first (default: 0)",
+    )
+    _common(distill)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data and output")
+    g.add_argument("--dataset", default="cifar100", help="cifar10, cifar100, svhn or tinyimagenet")
+    g.add_argument("--data-dir", default="./data", help="dataset files (downloaded if missing)")
+    g.add_argument("--outdir", default="outputs/kd", help="experiments root (default: %(default)s)")
+    g.add_argument("--seed", default="0", help="(default: %(default)s)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+    g.add_argument("--train-limit", default="0", help="use only the first N training images")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    r = p.add_argument_group("training recipe")
+    for name, default in RECIPE_DEFAULTS.items():
+        r.add_argument(
+            "--" + name.replace("_", "-"),
+            default=default,
+            help=f"(default: %(default)s){_HELP.get(name, '')}",
+        )
+    r.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
+    r.add_argument("--amp", action="store_true", help="float16 mixed precision (CUDA only)")
+    r.add_argument("--channels-last", action="store_true", help="channels_last layout (CUDA only)")
+
+
+_HELP = {
+    "schedule": "; cosine or multistep",
+    "milestones": "; multistep: epochs where lr is multiplied by --gamma",
+    "augment": "; training augmentation (crop=PIXELS padded random crop, hflip=P, rotate, "
+    "translate)",
+}
+
+
+def _int(flag: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(flag, text, "expected an integer") from None
+
+
+def _float(flag: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(flag, text, "expected a number") from None
+
+
+def config_from_args(ns: argparse.Namespace) -> Any:
+    """A KDConfig from parsed flags (one-line errors naming the flag)."""
+    from .config import KDConfig
+
+    kw: dict[str, Any] = {
+        "dataset": ns.dataset.strip().lower(),
+        "data_dir": ns.data_dir,
+        "outdir": ns.outdir,
+        "device": ns.device.strip().lower(),
+        "seed": _int("--seed", ns.seed),
+        "train_limit": _int("--train-limit", ns.train_limit),
+        "epochs": _int("--epochs", ns.epochs),
+        "batch_size": _int("--batch-size", ns.batch_size),
+        "lr": _float("--lr", ns.lr),
+        "momentum": _float("--momentum", ns.momentum),
+        "weight_decay": _float("--weight-decay", ns.weight_decay),
+        "schedule": ns.schedule.strip().lower(),
+        "milestones": tuple(_int("--milestones", m) for m in ns.milestones.split(",") if m),
+        "gamma": _float("--gamma", ns.gamma),
+        "warmup_epochs": _int("--warmup-epochs", ns.warmup_epochs),
+        "label_smoothing": _float("--label-smoothing", ns.label_smoothing),
+        "augment": ns.augment,
+        "nesterov": ns.nesterov,
+        "amp": ns.amp,
+        "channels_last": ns.channels_last,
+    }
+    if ns.kd_command == "train-teacher":
+        return KDConfig(role="teacher", model=ns.model, **kw)
+    try:
+        params = json.loads(ns.method_params)
+    except json.JSONDecodeError as exc:
+        raise ConfigError("--method-params", ns.method_params, f"not JSON ({exc.msg})") from None
+    return KDConfig(
+        role="student",
+        model=ns.student,
+        teacher=ns.teacher,
+        method=ns.method.strip().lower(),
+        method_params=params,
+        alpha=None if ns.alpha is None else _float("--alpha", ns.alpha),
+        init_epochs=_int("--init-epochs", ns.init_epochs),
+        teacher_checkpoint_path=ns.teacher_checkpoint,
+        **kw,
+    )
+
+
+def cmd_kd(ns: argparse.Namespace) -> int:
+    """Run one experiment (validating everything, including the method, before any data)."""
+    from .runner import prepare_check, run_experiment
+
+    if ns.kd_command is None:
+        raise UserError("kd: give a command: train-teacher or distill (see 'sublim kd --help')")
+    config = config_from_args(ns)
+    prepare_check(config)
+    progress = not ns.quiet and sys.stderr.isatty()
+    result = run_experiment(config, progress=progress)
+    verb = "already completed" if result.get("skipped") else "completed"
+    print(
+        f"{verb}: best test acc {result['best_acc']:.4f} (epoch {result['best_epoch']}), last "
+        f"{result['last_acc']:.4f} | {result['dir']}"
+    )
+    return 0

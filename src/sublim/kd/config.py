@@ -1,0 +1,183 @@
+"""KDConfig: one classical-distillation experiment (a teacher, or a student distilled from one).
+
+Frozen and validated like ExperimentConfig; its hash names the experiment's directory, so an
+identical experiment is recognised and not rerun. The training recipe is configuration: SGD
+(lr, momentum, weight decay, Nesterov), cosine or multi-step schedule with linear warm-up,
+epochs, batch size, label smoothing, augmentation, mixed precision and channels_last (CUDA).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from ..augmentspec import canonical as canonical_augment
+from ..augmentspec import parse_augment
+from ..errors import ConfigError
+
+KD_DATASETS: dict[str, tuple[int, tuple[int, int, int]]] = {  # classes, input shape
+    "cifar10": (10, (3, 32, 32)),
+    "cifar100": (100, (3, 32, 32)),
+    "svhn": (10, (3, 32, 32)),
+    "tinyimagenet": (200, (3, 64, 64)),
+}
+SCHEDULES = ("cosine", "multistep")
+ROLES = ("teacher", "student")
+# Fields that never change results: where to read and write, and how to show progress.
+NON_RESULT = frozenset({"data_dir", "outdir", "device", "teacher_checkpoint_path"})
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class KDConfig:
+    """Every setting of one teacher training or one distillation."""
+
+    role: str = "teacher"  # teacher: plain cross-entropy training; student: distillation
+    dataset: str = "cifar100"
+    data_dir: str = "./data"
+    outdir: str = "outputs/kd"
+    device: str = "auto"
+    seed: int = 0
+    model: str = "resnet56"  # the model trained (the student when role is student)
+    teacher: str | None = None  # the teacher's model name (students)
+    teacher_checkpoint_path: str | None = None  # default: the matching teacher experiment's best
+    method: str = "none"  # none: cross-entropy only; else a kd.losses method name
+    method_params: dict[str, Any] = field(default_factory=dict)
+    alpha: float | None = None  # (1 - alpha) * CE + alpha * distill; None: per-method weights
+    init_epochs: int = 0  # FitNets hint stage / FT paraphraser pre-training, before `epochs`
+    epochs: int = 150
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "cosine"
+    milestones: tuple[int, ...] = (150, 180, 210)
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.1
+    augment: str = "crop=4,hflip=0.5"
+    amp: bool = False  # float16 autocast + GradScaler (CUDA only; no effect on a CPU)
+    channels_last: bool = False  # CUDA only
+    train_limit: int = 0  # use only the first N training images (0: all); for smoke tests
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    def _validate(self) -> None:
+        from .losses import METHODS
+        from .models import MODELS
+
+        if self.role not in ROLES:
+            raise ConfigError("role", self.role, f"allowed: {', '.join(ROLES)}")
+        if self.dataset not in KD_DATASETS:
+            raise ConfigError("--dataset", self.dataset, f"allowed: {', '.join(KD_DATASETS)}")
+        if self.model not in MODELS:
+            flag = "--model" if self.role == "teacher" else "--student"
+            raise ConfigError(flag, self.model, f"allowed: {', '.join(MODELS)}")
+        if self.role == "student":
+            if self.teacher not in MODELS:
+                raise ConfigError("--teacher", self.teacher, f"allowed: {', '.join(MODELS)}")
+            if self.method not in ("none", *METHODS):
+                allowed = ", ".join(("none", *sorted(METHODS)))
+                raise ConfigError("--method", self.method, f"allowed: {allowed}")
+        elif self.method != "none" or self.teacher is not None:
+            raise ConfigError("--method", self.method, "a teacher is trained without distillation")
+        for name in ("seed", "init_epochs", "warmup_epochs", "train_limit"):
+            _int(name, getattr(self, name), 0)
+        for name in ("epochs", "batch_size"):
+            _int(name, getattr(self, name), 1)
+        for name in ("lr", "gamma"):
+            _number(name, getattr(self, name), positive=True)
+        for name in ("momentum", "weight_decay", "label_smoothing"):
+            _number(name, getattr(self, name), positive=False)
+        if self.label_smoothing >= 1:
+            raise ConfigError("--label-smoothing", self.label_smoothing, "expected 0 <= x < 1")
+        if self.alpha is not None:
+            _number("alpha", self.alpha, positive=False)
+            if self.alpha > 1:
+                raise ConfigError("--alpha", self.alpha, "expected a number in [0, 1]")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError("--schedule", self.schedule, f"allowed: {', '.join(SCHEDULES)}")
+        if any(not isinstance(m, int) or m < 1 for m in self.milestones):
+            raise ConfigError("--milestones", self.milestones, "expected epochs >= 1")
+        if not isinstance(self.method_params, dict):
+            raise ConfigError("--method-params", self.method_params, "expected a JSON object")
+        if self.init_epochs and self.method not in ("fitnets", "ft"):
+            raise ConfigError(
+                "--init-epochs", self.init_epochs, "only fitnets (hint stage) and ft (paraphraser)"
+            )
+        parse_augment(self.augment)
+
+    # ------------------------------------------------------------------ derived facts
+    @property
+    def num_classes(self) -> int:
+        return KD_DATASETS[self.dataset][0]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return KD_DATASETS[self.dataset][1]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, JSON-ready."""
+        d = asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+    def result_dict(self) -> dict[str, Any]:
+        """The fields that change the trained model."""
+        d = {k: v for k, v in self.to_dict().items() if k not in NON_RESULT}
+        d["augment"] = canonical_augment(self.augment)
+        if self.schedule != "multistep":
+            d.pop("milestones")
+            d.pop("gamma")
+        if self.role == "teacher":
+            for k in ("teacher", "method", "method_params", "alpha", "init_epochs"):
+                d.pop(k)
+        return d
+
+    @property
+    def config_hash(self) -> str:
+        """Canonical hash of the result fields (16 hex digits)."""
+        text = json.dumps(self.result_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def teacher_config(self) -> KDConfig:
+        """The teacher experiment a student uses by default: same dataset, seed and recipe."""
+        recipe = {f.name: getattr(self, f.name) for f in fields(self)}
+        for k in ("teacher", "method", "method_params", "alpha", "init_epochs"):
+            recipe.pop(k)
+        recipe.update(role="teacher", model=self.teacher, teacher_checkpoint_path=None)
+        return KDConfig(**recipe)
+
+    def replace(self, **changes: Any) -> KDConfig:
+        """A validated copy with some fields changed."""
+        return replace(self, **changes)
+
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate of main-stage epoch `epoch` (0-based): warm-up, then the schedule."""
+        if epoch < self.warmup_epochs:
+            return self.lr * (epoch + 1) / (self.warmup_epochs + 1)
+        if self.schedule == "cosine":
+            t = (epoch - self.warmup_epochs) / max(1, self.epochs - self.warmup_epochs)
+            return 0.5 * self.lr * (1 + math.cos(math.pi * t))
+        return self.lr * self.gamma ** sum(epoch >= m for m in self.milestones)
+
+
+def _int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(_flag(name), value, f"expected an integer >= {minimum}")
+
+
+def _number(name: str, value: Any, positive: bool) -> None:
+    ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+    if not ok or value < 0 or (positive and value == 0):
+        raise ConfigError(
+            _flag(name), value, f"expected a finite number {'>' if positive else '>='} 0"
+        )

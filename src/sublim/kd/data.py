@@ -1,0 +1,61 @@
+"""The KD datasets as uint8 tensors with their normalisation constants (read once per process)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import KDConfig
+
+
+@dataclass(frozen=True, eq=False)
+class KDData:
+    """Train and test images (uint8 [N, 3, H, W]) and labels (int64), with mean and std."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+_CACHE: dict[tuple[str, str], KDData] = {}
+
+
+def load_kd_data(config: KDConfig, progress: bool = False) -> KDData:
+    """`config.dataset` from `config.data_dir` (downloaded and verified when missing)."""
+    key = (config.dataset, str(Path(config.data_dir).expanduser()))
+    if key not in _CACHE:
+        _CACHE.clear()  # one dataset at a time: they are large
+        _CACHE[key] = _load(config.dataset, Path(key[1]), progress)
+    data = _CACHE[key]
+    if config.train_limit:
+        n = config.train_limit
+        data = KDData(
+            data.train_x[:n], data.train_y[:n], data.test_x, data.test_y, data.mean, data.std
+        )
+    return data
+
+
+def _load(name: str, root: Path, progress: bool) -> KDData:
+    if name == "cifar10":
+        from ..data.cifar import CIFAR10_MEAN as mean
+        from ..data.cifar import CIFAR10_STD as std
+        from ..data.cifar import load_cifar10 as load
+    elif name == "cifar100":
+        from ..data.cifar100 import CIFAR100_MEAN as mean
+        from ..data.cifar100 import CIFAR100_STD as std
+        from ..data.cifar100 import load_cifar100 as load
+    elif name == "svhn":
+        from ..data.svhn import SVHN_MEAN as mean
+        from ..data.svhn import SVHN_STD as std
+        from ..data.svhn import load_svhn as load
+    else:
+        from ..data.tinyimagenet import TINYIMAGENET_MEAN as mean
+        from ..data.tinyimagenet import TINYIMAGENET_STD as std
+        from ..data.tinyimagenet import load_tinyimagenet as load
+    train_x, train_y, test_x, test_y = load(root, progress=progress)
+    return KDData(train_x, train_y, test_x, test_y, tuple(mean), tuple(std))

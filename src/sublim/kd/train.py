@@ -1,0 +1,337 @@
+"""The KD training loop: a teacher on labels, or a student distilled from a frozen teacher.
+
+Data stays on the device as uint8 and is normalised and augmented per batch (crop + flip as one
+grid_sample, from a generator derived from (seed, epoch, step)); the epoch order comes from
+(seed, epoch). Training is therefore a function of (config, epoch): a run resumed from the
+checkpoint written after epoch e continues exactly as if it had never stopped (bit for bit on a
+CPU). This module computes; the `sink` it is given (kd.runner's experiment) writes the files.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .. import seeds
+from ..engine.augment import Augmenter
+from ..engine.train import Normalizer
+from .config import KDConfig
+from .data import KDData
+from .losses import Distiller, combine, create_distiller
+from .models import TapNet, create_model
+
+HISTORY_KEYS = ("epoch", "stage", "lr", "train_loss", "train_acc", "test_loss", "test_acc")
+
+
+class Sink(Protocol):
+    """Where the loop reports: after every epoch, the resumable state and (if better) the best
+    weights. `kd.runner.Experiment` writes them to disk."""
+
+    def save_epoch(self, state: dict[str, Any], best: dict[str, Any] | None) -> None: ...
+
+
+@dataclass
+class Models:
+    """The student (trained), the frozen teacher and the distiller of one experiment."""
+
+    student: TapNet
+    teacher: TapNet | None = None
+    distiller: Distiller | None = None
+    student_taps: tuple[str, ...] = ("logits",)
+    teacher_taps: tuple[str, ...] = ("logits",)
+
+
+@dataclass
+class Progress:
+    """What the loop has done so far (part of the resumable state)."""
+
+    epoch: int = 0  # next epoch to run, counting init_epochs first
+    history: dict[str, list[Any]] = field(default_factory=lambda: {k: [] for k in HISTORY_KEYS})
+    best_acc: float = -1.0
+    best_epoch: int = -1
+
+
+def build_models(
+    config: KDConfig, device: torch.device, teacher_weights: dict[str, torch.Tensor] | None
+) -> Models:
+    """The experiment's models, initialised from derived seeds (the global RNG is untouched)."""
+    k = config.num_classes
+    gen = seeds.generator(config.seed, "kd", "init", config.role, config.model)
+    student = create_model(config.model, k, generator=gen)
+    if config.role == "teacher":
+        return Models(student.to(device))
+    teacher = create_model(config.teacher, k, generator=torch.Generator().manual_seed(0))
+    teacher.load_state_dict(teacher_weights or {})
+    teacher.eval().requires_grad_(False)
+    models = Models(student.to(device), teacher.to(device))
+    if config.method == "none":
+        return models
+    params = dict(config.method_params)
+    if config.alpha is not None:
+        params.setdefault("weight", 1.0)  # the notes' (1 - alpha) * CE + alpha * raw distill loss
+    with torch.random.fork_rng(devices=[]):  # regressors, projectors: seeded, RNG untouched
+        torch.manual_seed(seeds.derive(config.seed, "kd", "distiller", config.method))
+        distiller = create_distiller(
+            config.method,
+            student.tap_shapes(config.input_shape),
+            teacher.tap_shapes(config.input_shape),
+            **params,
+        )
+    models.distiller = distiller.to(device)
+    models.student_taps = tuple(dict.fromkeys(("logits", *distiller.student_taps)))
+    models.teacher_taps = tuple(dict.fromkeys(("logits", *distiller.teacher_taps)))
+    return models
+
+
+def predict(models: Models, s: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The student's class logits from its taps: its own classifier, or for SimKD the teacher's
+    classifier on the projected feature (SimKD's test-time model)."""
+    d = models.distiller
+    if d is not None and d.name == "simkd":
+        tap = s[d.student_taps[0]]
+        return d.student_logits(tap, models.teacher.classifier)  # type: ignore[operator,union-attr]
+    return s["logits"]
+
+
+def _optimizer(config: KDConfig, params: list[torch.nn.Parameter]) -> torch.optim.SGD:
+    return torch.optim.SGD(
+        params,
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.nesterov and config.momentum > 0,
+    )
+
+
+def _stage_params(config: KDConfig, models: Models, stage: str) -> list[torch.nn.Parameter]:
+    """What an optimizer updates: the paraphraser alone in FT's init stage, else the student and
+    the distiller's trainable modules (FT's paraphraser stays frozen after its stage)."""
+    d = models.distiller
+    if stage == "init" and config.method == "ft":
+        return list(d.paraphraser.parameters())  # type: ignore[union-attr]
+    params = list(models.student.parameters())
+    if d is not None:
+        skip = set(map(id, d.paraphraser.parameters())) if config.method == "ft" else set()
+        params += [p for p in d.parameters() if p.requires_grad and id(p) not in skip]
+    return params
+
+
+@torch.no_grad()
+def evaluate(
+    models: Models,
+    data: KDData,
+    norm: Normalizer,
+    device: torch.device,
+    amp: bool,
+    bsize: int = 1000,
+) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of the student on the test set."""
+    models.student.eval()
+    if models.distiller is not None:
+        models.distiller.eval()
+    x_all, y_all = data.test_x.to(device), data.test_y.to(device)
+    loss = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device)
+    for i in range(0, x_all.shape[0], bsize):
+        with torch.autocast(device.type, enabled=amp):
+            taps = models.student(norm(x_all[i : i + bsize]), models.student_taps)
+            logits = predict(models, taps).float()
+        y = y_all[i : i + bsize]
+        loss += F.cross_entropy(logits, y, reduction="sum").double()
+        correct += (logits.argmax(1) == y).sum()
+    n = x_all.shape[0]
+    return loss.item() / n, correct.item() / n
+
+
+def train(
+    config: KDConfig,
+    data: KDData,
+    device: torch.device,
+    teacher_weights: dict[str, torch.Tensor] | None,
+    sink: Sink,
+    resume: dict[str, Any] | None = None,
+    progress: bool = False,
+    stop_after: Callable[[int], bool] | None = None,
+) -> dict[str, Any]:
+    """Train to the end (resuming from `resume`, a state the sink saved); returns the summary.
+
+    `stop_after(epoch)` (tests) ends the loop after that epoch as a kill would, state saved."""
+    models = build_models(config, device, teacher_weights)
+    cuda = device.type == "cuda"
+    amp = config.amp and cuda
+    if config.channels_last and cuda:
+        models.student.to(memory_format=torch.channels_last)
+    norm = Normalizer(data.mean, data.std, device)
+    augment = Augmenter(
+        config.augment, seeds.derive(config.seed, "kd", "augment"), data.mean, data.std
+    )
+    state = Progress()
+    stage = "init" if config.init_epochs else "main"
+    opt = _optimizer(config, _stage_params(config, models, stage))
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    if resume is not None:
+        state = Progress(
+            resume["epoch"], resume["history"], resume["best_acc"], resume["best_epoch"]
+        )
+        models.student.load_state_dict(resume["model"])
+        if models.distiller is not None:
+            models.distiller.load_state_dict(resume["distiller"])
+        stage = "init" if state.epoch < config.init_epochs else "main"
+        opt = _optimizer(config, _stage_params(config, models, stage))
+        if resume["stage"] == stage:
+            opt.load_state_dict(resume["optimizer"])
+        scaler.load_state_dict(resume["scaler"])
+        torch.set_rng_state(resume["rng"])
+    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
+    n, bs = train_x.shape[0], config.batch_size
+    steps = (n + bs - 1) // bs
+    total_epochs = config.init_epochs + config.epochs
+    started = time.perf_counter()
+    bar = tqdm(
+        total=total_epochs * steps,
+        initial=state.epoch * steps,
+        disable=not progress,
+        desc=f"{config.role} {config.model}",
+        leave=False,
+        dynamic_ncols=True,
+    )
+    try:
+        while state.epoch < total_epochs:
+            e = state.epoch
+            if e == config.init_epochs and stage == "init":
+                stage = "main"
+                opt = _optimizer(config, _stage_params(config, models, stage))
+            main_epoch = e - config.init_epochs
+            lr = config.lr if stage == "init" else config.lr_at(main_epoch)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            loss_sum, correct = _epoch(
+                config, models, opt, scaler, norm, augment, train_x, train_y, e, stage, amp, bar
+            )
+            test_loss, test_acc = evaluate(models, data, norm, device, amp)
+            for key, value in zip(
+                HISTORY_KEYS,
+                (e + 1, stage, lr, loss_sum / n, correct / n, test_loss, test_acc),
+                strict=True,
+            ):
+                state.history[key].append(value)
+            best = None
+            if stage == "main" and test_acc > state.best_acc:
+                state.best_acc, state.best_epoch = test_acc, main_epoch + 1
+                best = {
+                    "weights": _cpu(models.student.state_dict()),
+                    "distiller": {}
+                    if models.distiller is None
+                    else _cpu(models.distiller.state_dict()),
+                    "model": config.model,
+                    "num_classes": config.num_classes,
+                    "epoch": main_epoch + 1,
+                    "test_acc": test_acc,
+                    "config_hash": config.config_hash,
+                }
+            state.epoch = e + 1
+            sink.save_epoch(_resumable(config, models, opt, scaler, state, stage), best)
+            if stop_after is not None and stop_after(e):
+                break
+    finally:
+        bar.close()
+    h = state.history
+    return {
+        "epoch": state.epoch,
+        "best_acc": state.best_acc,
+        "best_epoch": state.best_epoch,
+        "last_acc": h["test_acc"][-1] if h["test_acc"] else None,
+        "train_seconds": time.perf_counter() - started,
+        "extra_parameters": 0 if models.distiller is None else models.distiller.extra_parameters(),
+    }
+
+
+def _epoch(
+    config: KDConfig,
+    models: Models,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    norm: Normalizer,
+    augment: Augmenter,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    epoch: int,
+    stage: str,
+    amp: bool,
+    bar: tqdm,
+) -> tuple[float, float]:
+    """One pass over the training set; returns (summed loss, correct count)."""
+    student, teacher, distiller = models.student, models.teacher, models.distiller
+    student.train()
+    if distiller is not None:
+        distiller.train()
+    n, bs = train_x.shape[0], config.batch_size
+    perm = torch.randperm(n, generator=seeds.generator(config.seed, "kd", "shuffle", epoch))
+    perm = perm.to(train_x.device)
+    loss_sum = torch.zeros((), device=train_x.device)
+    correct = torch.zeros((), device=train_x.device)
+    ce_weight = 1.0 if distiller is None or config.alpha is not None else distiller.ce_weight
+    main_epoch = epoch - config.init_epochs
+    for i in range(0, n, bs):
+        idx = perm[i : i + bs]
+        x = augment(norm.take(train_x, idx), epoch, i // bs)
+        if config.channels_last and x.is_cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = train_y[idx]
+        with torch.autocast(x.device.type, enabled=amp):
+            s = student(x, models.student_taps)
+            t = None
+            if teacher is not None:
+                with torch.no_grad():
+                    t = teacher(x, models.teacher_taps)
+            if stage == "init":  # FT: paraphraser reconstruction; FitNets: the hint loss alone
+                if config.method == "ft":
+                    loss = distiller.paraphraser_loss(t)  # type: ignore[union-attr]
+                else:
+                    loss = sum(distiller(s, t, y, 0).values())  # type: ignore[misc]
+            else:
+                ce = F.cross_entropy(s["logits"].float(), y, label_smoothing=config.label_smoothing)
+                losses = {} if distiller is None else distiller(s, t, y, main_epoch)
+                loss = combine(ce, losses, config.alpha, ce_weight=ce_weight)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        loss_sum += loss.detach().float() * idx.numel()
+        correct += (predict(models, s).detach().argmax(1) == y).sum()
+        bar.update(1)
+    return loss_sum.item(), correct.item()
+
+
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+
+def _resumable(
+    config: KDConfig,
+    models: Models,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    state: Progress,
+    stage: str,
+) -> dict[str, Any]:
+    """Everything needed to continue after this epoch exactly as without a stop."""
+    return {
+        "config_hash": config.config_hash,
+        "epoch": state.epoch,
+        "stage": stage,
+        "model": _cpu(models.student.state_dict()),
+        "distiller": {} if models.distiller is None else _cpu(models.distiller.state_dict()),
+        "optimizer": opt.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": torch.get_rng_state(),
+        "history": state.history,
+        "best_acc": state.best_acc,
+        "best_epoch": state.best_epoch,
+    }

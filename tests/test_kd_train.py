@@ -1,0 +1,239 @@
+"""KD experiments end to end on tiny generated CIFAR-10: every method trains, a stopped or
+killed experiment resumes to the same weights, a finished one is skipped, bad input is one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sublim.kd.config import KDConfig
+from sublim.kd.experiment import experiment_dir
+from sublim.kd.losses import METHODS
+from sublim.kd.runner import run_experiment
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cifar")
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in [(f"data_batch_{k}", 40) for k in range(1, 6)] + [("test_batch", 100)]:
+        labels = rng.integers(0, 10, n)
+        x = rng.integers(0, 60, (n, 3, 32, 32)).astype(np.uint8)
+        for i, label in enumerate(labels):
+            x[i, label % 3] += np.uint8(20 * label)
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": x.reshape(n, -1), b"labels": labels.tolist()}, f, protocol=2)
+    return root
+
+
+def _config(cifar: Path, out: Path, **kw: object) -> KDConfig:
+    base = dict(
+        dataset="cifar10",
+        data_dir=str(cifar),
+        outdir=str(out),
+        device="cpu",
+        model="resnet8",
+        epochs=3,
+        batch_size=50,
+        lr=0.05,
+    )
+    return KDConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def teacher(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("kd")
+    result = run_experiment(_config(cifar, out, model="resnet14", epochs=2))
+    assert result["status"] == "completed" and not result["skipped"]
+    return out
+
+
+def _student(cifar: Path, out: Path, method: str, **kw: object) -> KDConfig:
+    return _config(cifar, out, role="student", teacher="resnet14", method=method, **kw)
+
+
+def test_teacher_files_and_skip(cifar: Path, teacher: Path) -> None:
+    config = _config(cifar, teacher, model="resnet14", epochs=2)
+    folder = experiment_dir(config)
+    assert folder.name.startswith("seed_0_") and folder.parent.name == "resnet14"
+    status = json.loads((folder / "status.json").read_text())
+    assert status["status"] == "completed" and status["epoch"] == 2
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["epoch"] == [1, 2] and len(metrics["test_acc"]) == 2
+    assert {"train_loss", "train_acc", "test_loss", "lr"} <= set(metrics)
+    best = torch.load(folder / "best.pt", weights_only=True)
+    assert best["test_acc"] == status["best_acc"] == max(metrics["test_acc"])
+    assert status["last_acc"] == metrics["test_acc"][-1]
+    before = (folder / "last.pt").stat().st_mtime_ns
+    again = run_experiment(config)
+    assert again["skipped"] and (folder / "last.pt").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("method", ["none", *sorted(METHODS)])
+def test_every_method_trains_two_steps(cifar: Path, teacher: Path, method: str) -> None:
+    init = 1 if method in ("fitnets", "ft") else 0
+    config = _student(cifar, teacher, method, epochs=1, train_limit=100, init_epochs=init)
+    result = run_experiment(config)
+    assert result["status"] == "completed"
+    metrics = json.loads((Path(result["dir"]) / "metrics.json").read_text())
+    assert len(metrics["epoch"]) == 1 + init
+    assert all(np.isfinite(metrics["train_loss"]))
+    if method in ("fitnets", "ft", "simkd"):
+        assert result["extra_parameters"] > 0
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["model"]
+
+
+@pytest.mark.parametrize("method", ["none", "fitnets"])
+def test_stopped_experiment_resumes_to_identical_weights(
+    cifar: Path, teacher: Path, tmp_path: Path, method: str
+) -> None:
+    init = 1 if method == "fitnets" else 0
+    whole = _student(cifar, teacher, method, init_epochs=init)
+    run_experiment(whole)
+    # the same experiment elsewhere, stopped after its first epoch (state saved), then resumed
+    ck = str(experiment_dir(_config(cifar, teacher, model="resnet14", epochs=2)) / "best.pt")
+    part = whole.replace(outdir=str(tmp_path), teacher_checkpoint_path=ck)
+    first = run_experiment(part, stop_after=lambda e: e == 0)
+    assert first["status"] == "in_progress" and first["epoch"] == 1
+    done = run_experiment(part)
+    assert done["status"] == "completed"
+    a = _weights(experiment_dir(whole) / "last.pt")
+    b = _weights(experiment_dir(part) / "last.pt")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    ma = json.loads((experiment_dir(whole) / "metrics.json").read_text())
+    mb = json.loads((experiment_dir(part) / "metrics.json").read_text())
+    assert ma == mb
+
+
+def test_killed_process_resumes_to_identical_weights(cifar: Path, tmp_path: Path) -> None:
+    args = [sys.executable, "-m", "sublim", "kd", "train-teacher", "--dataset", "cifar10"]
+    args += ["--data-dir", str(cifar), "--model", "resnet8", "--epochs", "6"]
+    args += ["--batch-size", "50", "--lr", "0.05", "--device", "cpu", "--quiet"]
+    whole = subprocess.run(
+        args + ["--outdir", "a"], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300
+    )
+    assert whole.returncode == 0, whole.stderr
+    proc = subprocess.Popen(
+        args + ["--outdir", "b"],
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    status = None
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        found = list((tmp_path / "b").rglob("status.json"))
+        if found:
+            status = json.loads(found[0].read_text() or "{}")
+            if status.get("epoch", 0) >= 2:
+                break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert status is not None and status["status"] == "in_progress"
+    again = subprocess.run(
+        args + ["--outdir", "b"], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 0, again.stderr
+    (a,) = (tmp_path / "a").rglob("last.pt")
+    (b,) = (tmp_path / "b").rglob("last.pt")
+    wa, wb = _weights(a), _weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_schedules() -> None:
+    c = KDConfig(epochs=10, lr=0.1, schedule="cosine", warmup_epochs=2)
+    assert [round(c.lr_at(e), 4) for e in (0, 1, 2)] == [0.0333, 0.0667, 0.1]
+    assert c.lr_at(9) < 0.01
+    m = KDConfig(epochs=10, lr=0.1, schedule="multistep", milestones=(3, 6), gamma=0.1)
+    assert [round(m.lr_at(e), 5) for e in (0, 3, 6, 9)] == [0.1, 0.01, 0.001, 0.001]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["distill", "--method", "crd", "--teacher", "resnet14", "--student", "resnet8"],
+            "--method: invalid value 'crd'; allowed: none, at, dkd",
+        ),
+        (
+            ["distill", "--method", "kd", "--teacher", "resnet14", "--student", "resnet9"],
+            "--student: invalid value 'resnet9'",
+        ),
+        (
+            [
+                "distill",
+                "--method",
+                "at",
+                "--teacher",
+                "resnet14",
+                "--student",
+                "resnet8",
+                "--method-params",
+                "{bad",
+            ],
+            "--method-params: invalid value '{bad'; not JSON",
+        ),
+        (["train-teacher", "--schedule", "step"], "--schedule: invalid value 'step'"),
+        (["train-teacher", "--dataset", "imagenet"], "--dataset: invalid value 'imagenet'"),
+        (["train-teacher", "--lr", "-1"], "--lr: invalid value -1.0"),
+        (
+            [
+                "distill",
+                "--method",
+                "kd",
+                "--teacher",
+                "resnet14",
+                "--student",
+                "resnet8",
+                "--init-epochs",
+                "2",
+            ],
+            "--init-epochs: invalid value 2; only fitnets",
+        ),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "sublim", "kd", *args, "--outdir", "o"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"sublim: error: {message}"), proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_tap_and_missing_teacher_fail_before_data(
+    cifar: Path, teacher: Path, tmp_path: Path
+) -> None:
+    from sublim.errors import ConfigError
+    from sublim.kd.runner import prepare_check
+
+    with pytest.raises(ConfigError, match="the teacher has no tap 'stage9'"):
+        prepare_check(_student(cifar, teacher, "fitnets", method_params={"hint": "stage9"}))
+    with pytest.raises(ConfigError, match="no trained teacher there; train it first"):
+        prepare_check(_student(cifar, tmp_path, "kd"))
