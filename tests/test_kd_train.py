@@ -237,3 +237,26 @@ def test_bad_tap_and_missing_teacher_fail_before_data(
         prepare_check(_student(cifar, teacher, "fitnets", method_params={"hint": "stage9"}))
     with pytest.raises(ConfigError, match="no trained teacher there; train it first"):
         prepare_check(_student(cifar, tmp_path, "kd"))
+
+
+def test_report_summarises_kd_experiments(cifar: Path, teacher: Path, tmp_path: Path) -> None:
+    from sublim.analysis.report import ReportOptions, build_report
+
+    ck = str(experiment_dir(_config(cifar, teacher, model="resnet14", epochs=2)) / "best.pt")
+    for seed in (0, 1):
+        run_experiment(
+            _student(cifar, tmp_path / "kd", "kd", epochs=1, seed=seed, teacher_checkpoint_path=ck)
+        )
+    stopped = _student(cifar, tmp_path / "kd", "at", epochs=2, teacher_checkpoint_path=ck)
+    run_experiment(stopped, stop_after=lambda e: e == 0)
+    seen: list[str] = []
+    result = build_report(
+        tmp_path / "kd", tmp_path / "o", ReportOptions(n_resamples=200, html=True), seen.append
+    )
+    lines = (tmp_path / "o" / "kd_summary.csv").read_text().splitlines()
+    assert lines[0] == "dataset,teacher,student,method,metric,n,mean,std,median,ci_low,ci_high"
+    assert {line.split(",")[4] for line in lines[1:]} == {"best_acc", "last_acc"}
+    assert all(line.split(",")[5] == "2" for line in lines[1:])  # two seeds of kd
+    assert any("1 KD experiments not completed" in w for w in seen)
+    assert (tmp_path / "o" / "kd_cifar10.png").stat().st_size > 10_000
+    assert "KD experiments" in result.table_text and "resnet8" in result.table_text

@@ -21,6 +21,7 @@ from ..store.writer import check_writable
 from .bootstrap import DEFAULT_RESAMPLES, METHODS
 from .diagnostics import diagnostics_figures
 from .html import Section, render_html
+from .kd import kd_figure, load_kd, summarize_kd
 from .layers import layer_similarity_figure
 from .load import load, load_configs
 from .plots import PlotOptions, generic_figure, pick_x
@@ -109,37 +110,60 @@ def build_report(
     except StoreError as exc:
         raise UserError(str(exc).replace("--outdir", "--out", 1)) from None
     runs = load(outdir, "runs", warn=note)
-    if runs.empty:
+    kd_runs = load_kd(outdir, note)
+    if runs.empty and kd_runs.empty:
         raise UserError(
-            f"OUTDIR {outdir}: no runs found (no seed_*/runs.csv or runs_all_seeds.csv below it)"
+            f"OUTDIR {outdir}: no runs found (no seed_*/runs.csv or runs_all_seeds.csv, and no "
+            "sublim kd experiment, below it)"
         )
-    by = options.by if options.by is not None else detect_axes(runs)
-    check_columns(runs, by, "--by", "axis")
-    metrics = options.metrics or [m for m in DEFAULT_METRICS if m in runs.columns]
-    summary = options.plot().summarize(runs, by, metrics)
-    if options.x is not None:
-        check_columns(runs, [options.x], "--x", "axis")
-    sections = _sections(runs, options)
-    tables = _section_tables(runs, summary, sections, options)
+    by: list[str] = []
+    summary = pd.DataFrame()
+    sections: dict[str, str] = {}
+    tables: dict[str, tuple[int, pd.DataFrame]] = {}
+    if not runs.empty:
+        by = options.by if options.by is not None else detect_axes(runs)
+        check_columns(runs, by, "--by", "axis")
+        metrics = options.metrics or [m for m in DEFAULT_METRICS if m in runs.columns]
+        summary = options.plot().summarize(runs, by, metrics)
+        if options.x is not None:
+            check_columns(runs, [options.x], "--x", "axis")
+        sections = _sections(runs, options)
+        tables = _section_tables(runs, summary, sections, options)
+    kd_summary = summarize_kd(kd_runs, options.plot()) if not kd_runs.empty else pd.DataFrame()
+    if not kd_summary.empty:
+        tables[KD_SECTION] = (int((kd_runs["status"] == "completed").sum()), kd_summary)
     text = "\n\n".join(
         f"== {title}: {n} runs ==\n{text_table(wide_table(table))}"
         for title, (n, table) in tables.items()
     )
-    result = ReportResult(out_dir, summary, text, n_runs=len(runs))
+    result = ReportResult(out_dir, summary, text, n_runs=len(runs) + len(kd_runs))
     result.warnings = warnings
-    _write(result, out_dir / "summary.csv", summary.to_csv(index=False).encode())
+    if not runs.empty:
+        _write(result, out_dir / "summary.csv", summary.to_csv(index=False).encode())
+    if not kd_summary.empty:
+        _write(result, out_dir / "kd_summary.csv", kd_summary.to_csv(index=False).encode())
+        pending = kd_runs[kd_runs["status"] != "completed"]
+        if len(pending):
+            note(f"{len(pending)} KD experiments not completed (in progress or failed); left out")
     _write(result, out_dir / "summary.txt", (result.table_text + "\n").encode())
 
-    plot_metrics = options.metrics or ["student_final_acc"]
-    figures = _figures(runs, plot_metrics, options, sections, note)
-    layer_figs = _layer_figures(outdir, runs, options, sections, note) if options.layers else []
-    first = next(iter(sections.values()))
-    diag_figs = [
-        (sections.get(sweep, first), stem, caption, fig)
-        for sweep, stem, caption, fig in diagnostics_figures(outdir, runs, note)
-    ]
+    figures: list[Drawn] = []
+    if not runs.empty:
+        plot_metrics = options.metrics or ["student_final_acc"]
+        figures = _figures(runs, plot_metrics, options, sections, note)
+        if options.layers:
+            figures += _layer_figures(outdir, runs, options, sections, note)
+        first = next(iter(sections.values()))
+        figures += [
+            (sections.get(sweep, first), stem, caption, fig)
+            for sweep, stem, caption, fig in diagnostics_figures(outdir, runs, note)
+        ]
+    if not kd_summary.empty:
+        for dataset in sorted(kd_summary["dataset"].unique()):
+            fig = kd_figure(kd_summary, dataset)
+            figures.append((KD_SECTION, f"kd_{dataset}", f"KD on {dataset}", fig))
     pngs: dict[str, list[tuple[str, bytes]]] = {}
-    for sweep, stem, caption, fig in figures + layer_figs + diag_figs:
+    for sweep, stem, caption, fig in figures:
         try:
             try:
                 encoded = save(fig, out_dir / stem, options.formats)
@@ -168,6 +192,7 @@ def _write(result: ReportResult, path: Path, data: bytes) -> None:
 
 
 Drawn = tuple[str, str, str, Any]  # (section, file stem, caption, Figure)
+KD_SECTION = "KD experiments"
 
 
 def _section_tables(
@@ -277,7 +302,7 @@ def _html(
     for title, (n_runs, table) in tables.items():
         members = [sweep for sweep, section in sections.items() if section == title]
         constant, varying = _config_split([c for s in members for c in by_sweep.get(s, [])])
-        heading = title if title in members else f"{title} ({', '.join(members)})"
+        heading = title if title in members or not members else f"{title} ({', '.join(members)})"
         parts.append(
             Section(
                 title=heading,
