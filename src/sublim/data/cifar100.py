@@ -1,0 +1,203 @@
+"""CIFAR-100 (fine labels) from the python-pickle files `train` and `test`, as uint8 tensors.
+
+The files are looked up in `<data-dir>/cifar-100-python/`, then `<data-dir>/`; when absent they
+are extracted from `cifar-100-python.tar.gz` (downloaded and verified when allowed), exactly as
+for CIFAR-10. They are read with CIFAR-10's restricted unpickler, which only builds numpy arrays,
+so a tampered file cannot run code.
+
+`_obtain` and `_why` are shared with the SVHN and TinyImageNet loaders.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+import tempfile
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+
+from sublim.data.cifar import _FIX, _ArrayUnpickler, _find, _safe
+from sublim.data.download import DownloadError, Failure, checksum_mismatch, download_file
+from sublim.errors import DataError
+
+CIFAR100_URLS = ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",)
+CIFAR100_ARCHIVE = "cifar-100-python.tar.gz"
+CIFAR100_MD5 = "md5:eb9058c3a382ffc7106e4002c42a8d85"
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+CIFAR100_CLASSES = 100
+CIFAR100_DIR = "cifar-100-python"
+_NAMES = ("train", "test")
+
+
+def _why(failures: Sequence[Failure] | None) -> str:
+    """Why a file is missing: downloading disabled (None) or each mirror's failure."""
+    if failures is None:
+        return "downloading is disabled"
+    return "download failed (" + "; ".join(f"{f.url}: {f.reason}" for f in failures) + ")"
+
+
+def _obtain(
+    path: Path,
+    urls: Sequence[str],
+    checksum: str | Sequence[str] | None,
+    download: bool,
+    progress: bool,
+    missing: Callable[[Sequence[Failure] | None], DataError],
+) -> None:
+    """Make sure `path` holds a file matching `checksum`: verify a present copy, else download it.
+
+    When the file can be neither found nor downloaded, raises `missing(None)` (downloading is
+    disabled) or `missing(failures)` (every mirror failed), so each dataset words its own hint.
+    """
+    if path.is_file():
+        try:
+            mismatch = checksum_mismatch(path, checksum)
+        except OSError as e:
+            raise DataError(f"--data-dir: cannot read {path}: {e.strerror or e}") from e
+        if mismatch is not None:
+            raise DataError(
+                f"--data-dir: {path} fails its checksum (expected {mismatch[0]}, "
+                f"got {mismatch[1]}); {_FIX}"
+            )
+    elif not download:
+        raise missing(None)
+    else:
+        try:
+            download_file(urls, path, checksum, progress)
+        except DownloadError as e:
+            raise missing(e.failures) from e
+
+
+def _extract(archive: Path, names: Sequence[str], dest_dir: Path) -> None:
+    """Extract the named files (by base name) into dest_dir; refuses unsafe archives.
+
+    As for CIFAR-10, members go to temp files renamed into place only once the whole archive has
+    been read without a problem, so a bad archive leaves nothing behind.
+    """
+    tmps: dict[str, Path] = {}
+    try:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(archive, "r:gz") as tf:
+            for member in tf:
+                if not _safe(member):
+                    raise DataError(
+                        f"--data-dir: {archive} holds an unsafe member {member.name!r} "
+                        f"(absolute or '..' path); refusing to extract it; {_FIX}"
+                    )
+                name = PurePosixPath(member.name).name
+                if name not in names or name in tmps or not member.isfile():
+                    continue
+                src = tf.extractfile(member)
+                fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{name}.", suffix=".part")
+                tmps[name] = Path(tmp)
+                with os.fdopen(fd, "wb") as out, src:
+                    while chunk := src.read(1 << 20):
+                        out.write(chunk)
+        absent = [n for n in names if n not in tmps]
+        if absent:
+            raise DataError(
+                f"--data-dir: {archive} has no {', '.join(absent)}; it is not the CIFAR-100 "
+                f"python archive; {_FIX}"
+            )
+        for name, tmp in tmps.items():
+            os.replace(tmp, dest_dir / name)
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        raise DataError(
+            f"--data-dir: cannot extract CIFAR-100 from {archive} ({' '.join(str(e).split())}); "
+            f"{_FIX}"
+        ) from e
+    finally:
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
+
+
+def _read_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One pickle as (uint8 [n, 3072] C-contiguous and writable, fine labels int64 [n]), checked."""
+    try:
+        with open(path, "rb") as f:
+            split = _ArrayUnpickler(f, encoding="bytes").load()
+    except OSError as e:
+        raise DataError(f"--data-dir: cannot read {path}: {e.strerror or e}") from e
+    except Exception as e:  # a damaged pickle raises nearly anything
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise DataError(
+            f"--data-dir: {path} is not a CIFAR-100 pickle ({reason}); refusing to load it; {_FIX}"
+        ) from e
+    data = split.get(b"data") if isinstance(split, dict) else None
+    labels = split.get(b"fine_labels") if isinstance(split, dict) else None
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
+        what = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataError(f"--data-dir: {path} has data {what}, not uint8 [N, 3072] images; {_FIX}")
+    if data.shape[1] != 3 * 32 * 32:
+        raise DataError(
+            f"--data-dir: {path} has images of {data.shape[1]} bytes, not 3072 (3x32x32); {_FIX}"
+        )
+    try:
+        y = np.asarray(labels)
+    except (TypeError, ValueError):  # ragged lists
+        y = np.empty((0, 0))
+    if y.ndim != 1 or len(y) != len(data) or (len(y) and y.dtype.kind not in "iu"):
+        raise DataError(
+            f"--data-dir: {path} has {len(data)} images but its fine_labels are not a list of "
+            f"{len(data)} integers; {_FIX}"
+        )
+    if len(y) and (y.min() < 0 or y.max() >= CIFAR100_CLASSES):
+        raise DataError(
+            f"--data-dir: {path} has fine labels {y.min()}..{y.max()}, outside 0..99; {_FIX}"
+        )
+    return np.require(data, requirements="CW"), y.astype(np.int64)
+
+
+def _missing_error(
+    missing: Sequence[str],
+    dirs: Sequence[Path],
+    data_dir: Path,
+    urls: Sequence[str],
+    failures: Sequence[Failure] | None,
+) -> DataError:
+    return DataError(
+        f"CIFAR-100: cannot find {', '.join(missing)} in {', '.join(str(d) for d in dirs)} "
+        f"nor {CIFAR100_ARCHIVE} in {data_dir}; {_why(failures)}; fetch {CIFAR100_ARCHIVE} "
+        f"from {' or '.join(urls)} into --data-dir {data_dir}"
+    )
+
+
+def load_cifar100(
+    data_dir: Path,
+    download: bool = True,
+    progress: bool = False,
+    urls: Sequence[str] = CIFAR100_URLS,
+    checksum: str | Sequence[str] | None = CIFAR100_MD5,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(train_x uint8 [50000,3,32,32], train_y int64 [50000] fine labels, test_x, test_y).
+
+    `urls` and `checksum` describe where the archive comes from (tests point them at a local one).
+    """
+    data_dir = Path(data_dir).expanduser()
+    dirs = [data_dir / CIFAR100_DIR, data_dir]
+    found = {name: _find(dirs, name) for name in _NAMES}
+    missing = [name for name, path in found.items() if path is None]
+    if missing:
+        archive = data_dir / CIFAR100_ARCHIVE
+        _obtain(
+            archive,
+            urls,
+            checksum,
+            download,
+            progress,
+            lambda failures: _missing_error(missing, dirs, data_dir, urls, failures),
+        )
+        _extract(archive, missing, dirs[0])
+        found.update({name: dirs[0] / name for name in missing})
+    (train_x, train_y), (test_x, test_y) = (_read_split(found[n]) for n in _NAMES)  # type: ignore[arg-type]
+    return (
+        torch.from_numpy(train_x).reshape(-1, 3, 32, 32),
+        torch.from_numpy(train_y),
+        torch.from_numpy(test_x).reshape(-1, 3, 32, 32),
+        torch.from_numpy(test_y),
+    )
