@@ -260,3 +260,84 @@ def test_report_summarises_kd_experiments(cifar: Path, teacher: Path, tmp_path: 
     assert any("1 KD experiments not completed" in w for w in seen)
     assert (tmp_path / "o" / "kd_cifar10.png").stat().st_size > 10_000
     assert "KD experiments" in result.table_text and "resnet8" in result.table_text
+
+
+def test_kd_sweep_runs_students_after_their_teachers(cifar: Path, tmp_path: Path) -> None:
+    spec = tmp_path / "kd.toml"
+    spec.write_text(
+        f"""name = "tiny"
+seeds = "0..1"
+teacher = "resnet14"
+student = "resnet8"
+[base]
+dataset = "cifar10"
+data_dir = "{cifar}"
+device = "cpu"
+epochs = 1
+batch_size = 100
+lr = 0.05
+[teacher_recipe]
+epochs = 2
+[grid]
+method = ["kd", "sp"]
+"""
+    )
+    args = [sys.executable, "-m", "sublim", "kd", "sweep", str(spec), "--outdir", "o"]
+    proc = subprocess.run(
+        args + ["--executor", "processes:2"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "kd sweep tiny: 2 teachers (2 done), 4 students (4 done)"
+    statuses = {p.parent: json.loads(p.read_text()) for p in (tmp_path / "o").rglob("status.json")}
+    assert len(statuses) == 6 and all(s["status"] == "completed" for s in statuses.values())
+    teachers = {d.name.split("_")[1]: s for d, s in statuses.items() if "teacher" in d.parts}
+    for folder, status in statuses.items():
+        if "teacher" in folder.parts:
+            assert status["epochs"] == 2
+            continue
+        seed = folder.name.split("_")[1]
+        assert status["started_at"] > teachers[seed]["finished_at"]  # waited for its teacher
+        config = json.loads((folder / "config.json").read_text())
+        assert f"/teacher/resnet14/seed_{seed}_" in config["teacher_checkpoint_path"]
+    again = subprocess.run(
+        args + ["--dry-run"], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120
+    )
+    assert again.stdout.strip() == "kd sweep tiny: 2 teachers (2 done), 4 students (4 done)"
+    bad = tmp_path / "bad.toml"
+    bad.write_text(spec.read_text().replace('method = ["kd", "sp"]', 'method = ["kd", "crd"]'))
+    proc = subprocess.run(
+        [sys.executable, "-m", "sublim", "kd", "sweep", str(bad)],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "(at method=crd): --method: invalid value 'crd'" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("spec", "line"),
+    [
+        (
+            "kd_beta_notes.toml",
+            "kd sweep kd_beta_notes: 12 teachers (0 done), 84 students (0 done)",
+        ),
+        (
+            "kd_cifar100_methods.toml",
+            "kd sweep kd_cifar100_methods: 3 teachers (0 done), 33 students (0 done)",
+        ),
+    ],
+)
+def test_figure_specs_plan(spec: str, line: str, tmp_path: Path) -> None:
+    from sublim.kd.sweep import load_plan
+
+    path = Path(__file__).resolve().parents[1] / "figures" / spec
+    plan = load_plan(path, str(tmp_path))
+    assert plan.summary() == line
+    assert all(s.teacher_checkpoint_path.endswith("best.pt") for s in plan.students)

@@ -71,6 +71,25 @@ def add_kd_parser(sub: Any, parser_class: type) -> None:
         help="epochs of FitNets' hint stage or FT's paraphraser pre-training first (default: 0)",
     )
     _common(distill)
+    sweep = kd_sub.add_parser(
+        "sweep",
+        help="run a KD sweep spec: datasets x methods x seeds, students after their teachers",
+        description="Train every teacher of the spec, then each student as soon as its teacher "
+        "has completed, on the chosen executor. Completed experiments are skipped and "
+        "interrupted ones resume: rerun the command to finish a sweep (see figures/kd_*.toml).",
+    )
+    sweep.add_argument("spec", help="KD sweep spec (TOML)")
+    sweep.add_argument(
+        "--outdir", default="outputs/kd", help="experiments root (default: %(default)s)"
+    )
+    sweep.add_argument("--seeds", default=None, help="override the spec's seeds, e.g. 0..2")
+    sweep.add_argument(
+        "--executor",
+        default="inline",
+        help="inline, processes:N, dask-local:N or dask:tcp://HOST:PORT",
+    )
+    sweep.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    sweep.add_argument("--quiet", action="store_true", help="no per-experiment lines")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -166,7 +185,11 @@ def cmd_kd(ns: argparse.Namespace) -> int:
     from .runner import prepare_check, run_experiment
 
     if ns.kd_command is None:
-        raise UserError("kd: give a command: train-teacher or distill (see 'sublim kd --help')")
+        raise UserError(
+            "kd: give a command: train-teacher, distill or sweep (see 'sublim kd --help')"
+        )
+    if ns.kd_command == "sweep":
+        return _cmd_sweep(ns)
     config = config_from_args(ns)
     prepare_check(config)
     progress = not ns.quiet and sys.stderr.isatty()
@@ -177,3 +200,25 @@ def cmd_kd(ns: argparse.Namespace) -> int:
         f"{result['last_acc']:.4f} | {result['dir']}"
     )
     return 0
+
+
+def _cmd_sweep(ns: argparse.Namespace) -> int:
+    from ..sweep.executors import check_executor, make_executor
+    from .runner import prepare_check
+    from .sweep import execute, load_plan
+
+    plan = load_plan(ns.spec, ns.outdir, ns.seeds)
+    check_executor(ns.executor)
+    for config in plan.students:  # methods and taps, before anything runs (no teacher needed)
+        prepare_check(config.replace(teacher_checkpoint_path=None), teacher=False)
+    print(plan.summary())
+    if ns.dry_run:
+        return 0
+    executor = make_executor(ns.executor)
+    try:
+        failures = execute(plan, executor, ns.quiet)
+    finally:
+        executor.close()
+    again = load_plan(ns.spec, ns.outdir, ns.seeds)
+    print(again.summary() + (f"; {failures} failed" if failures else ""))
+    return 1 if failures else 0

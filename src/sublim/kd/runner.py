@@ -6,6 +6,7 @@ epoch's state to the `_Sink` here, which writes last.pt, best.pt, metrics.json a
 
 from __future__ import annotations
 
+import datetime
 import time
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,8 @@ from .train import train
 class _Sink:
     """Writes what the training loop reports, atomically, after every epoch."""
 
-    def __init__(self, exp: Experiment, total_epochs: int) -> None:
-        self.exp, self.total = exp, total_epochs
+    def __init__(self, exp: Experiment, total_epochs: int, started_at: str) -> None:
+        self.exp, self.total, self.started_at = exp, total_epochs, started_at
 
     def save_epoch(self, state: dict[str, Any], best: dict[str, Any] | None) -> None:
         if best is not None:
@@ -38,7 +39,13 @@ class _Sink:
             best_acc=state["best_acc"],
             best_epoch=state["best_epoch"],
             last_acc=state["history"]["test_acc"][-1],
+            started_at=self.started_at,
         )
+
+
+def _now() -> str:
+    """UTC time with microseconds (ordering of experiments in a sweep)."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
 
 
 def teacher_checkpoint(config: KDConfig) -> Path:
@@ -91,12 +98,14 @@ def load_teacher_weights(config: KDConfig) -> dict[str, torch.Tensor]:
     return data["weights"]
 
 
-def prepare_check(config: KDConfig) -> None:
-    """Everything that can be wrong before any data is read: the teacher's weights, the
-    method's parameters and tap names (models are built on the meta device)."""
+def prepare_check(config: KDConfig, teacher: bool = True) -> None:
+    """Everything that can be wrong before any data is read: the teacher's weights (unless
+    `teacher` is False: a sweep trains it first), the method's parameters and tap names (models
+    are built on the meta device)."""
     if config.role != "student":
         return
-    load_teacher_weights(config)
+    if teacher:
+        load_teacher_weights(config)
     if config.method == "none":
         return
     from .losses import create_distiller
@@ -130,14 +139,17 @@ def run_experiment(
         if resume is not None and resume.get("config_hash") != config.config_hash:
             resume = None
         total = config.init_epochs + config.epochs
+        started_at = _now()
         exp.write_status(
-            "in_progress", epoch=0 if resume is None else resume["epoch"], epochs=total
+            "in_progress",
+            epoch=0 if resume is None else resume["epoch"],
+            epochs=total,
+            started_at=started_at,
         )
         started = time.perf_counter()
         try:
-            result = train(
-                config, data, device, weights, _Sink(exp, total), resume, progress, stop_after
-            )
+            sink = _Sink(exp, total, started_at)
+            result = train(config, data, device, weights, sink, resume, progress, stop_after)
         except BaseException as exc:
             reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
             previous = exp.status()
@@ -149,5 +161,6 @@ def run_experiment(
             raise
         done = result["epoch"] >= total
         final = {**result, "epochs": total, "seconds": time.perf_counter() - started}
+        final.update(started_at=started_at, finished_at=_now())
         exp.write_status("completed" if done else "in_progress", **final)
     return {**exp.status(), "dir": str(exp.dir), "skipped": False}
