@@ -341,3 +341,24 @@ def test_figure_specs_plan(spec: str, line: str, tmp_path: Path) -> None:
     plan = load_plan(path, str(tmp_path))
     assert plan.summary() == line
     assert all(s.teacher_checkpoint_path.endswith("best.pt") for s in plan.students)
+
+
+def test_mnist_family_fits_the_cifar_models(tmp_path: Path) -> None:
+    from sublim.kd.data import load_kd_data
+
+    config = KDConfig(
+        dataset="mnist",
+        data_dir=str(tmp_path / "none"),
+        outdir=str(tmp_path),
+        model="resnet8",
+        epochs=1,
+        batch_size=100,
+        train_limit=200,
+        device="cpu",
+    )
+    data = load_kd_data(config)
+    assert data.train_x.shape == (200, 3, 32, 32) and data.test_x.shape == (10000, 3, 32, 32)
+    assert torch.equal(data.train_x[:, 0], data.train_x[:, 2])  # gray replicated
+    assert data.train_x[:, :, :2].max() == 0  # black border
+    assert data.mean == (0.1307,) * 3
+    assert run_experiment(config)["status"] == "completed"

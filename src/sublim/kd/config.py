@@ -23,6 +23,11 @@ KD_DATASETS: dict[str, tuple[int, tuple[int, int, int]]] = {  # classes, input s
     "cifar100": (100, (3, 32, 32)),
     "svhn": (10, (3, 32, 32)),
     "tinyimagenet": (200, (3, 64, 64)),
+    # the MNIST family: gray 28 x 28 images replicated to 3 channels and zero-padded to 32 x 32,
+    # so the CIFAR models apply unchanged
+    "mnist": (10, (3, 32, 32)),
+    "fashion-mnist": (10, (3, 32, 32)),
+    "kmnist": (10, (3, 32, 32)),
 }
 SCHEDULES = ("cosine", "multistep")
 ROLES = ("teacher", "student")

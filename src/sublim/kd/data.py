@@ -40,7 +40,20 @@ def load_kd_data(config: KDConfig, progress: bool = False) -> KDData:
     return data
 
 
+def _gray_to_cifar(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, 1, 28, 28] -> [N, 3, 32, 32]: channel replicated, 2-pixel black border."""
+    return torch.nn.functional.pad(x.expand(-1, 3, -1, -1), (2, 2, 2, 2)).contiguous()
+
+
 def _load(name: str, root: Path, progress: bool) -> KDData:
+    if name in ("mnist", "fashion-mnist", "kmnist"):
+        from ..data.datasets import load_dataset
+
+        d = load_dataset(name, root, progress=progress)
+        mean, std = tuple(d.mean) * 3, tuple(d.std) * 3
+        return KDData(
+            _gray_to_cifar(d.train_x), d.train_y, _gray_to_cifar(d.test_x), d.test_y, mean, std
+        )
     if name == "cifar10":
         from ..data.cifar import CIFAR10_MEAN as mean
         from ..data.cifar import CIFAR10_STD as std

@@ -188,6 +188,8 @@ def train(
             opt.load_state_dict(resume["optimizer"])
         scaler.load_state_dict(resume["scaler"])
         torch.set_rng_state(resume["rng"])
+        if resume.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(resume["cuda_rng"])
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     n, bs = train_x.shape[0], config.batch_size
     steps = (n + bs - 1) // bs
@@ -331,6 +333,7 @@ def _resumable(
         "optimizer": opt.state_dict(),
         "scaler": scaler.state_dict(),
         "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "history": state.history,
         "best_acc": state.best_acc,
         "best_epoch": state.best_epoch,
