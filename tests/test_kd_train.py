@@ -100,27 +100,60 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["model"]
 
 
-@pytest.mark.parametrize("method", ["none", "fitnets"])
-def test_stopped_experiment_resumes_to_identical_weights(
-    cifar: Path, teacher: Path, tmp_path: Path, method: str
+def _same(a: object, b: object) -> bool:
+    """Deep equality of checkpoint contents (tensors compared exactly)."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+@pytest.mark.parametrize(
+    ("method", "init", "stop"),
+    [("none", None, 0), ("fitnets", 1, 0), ("ft", 2, 0), ("dkd", None, 1)],
+)
+def test_stopped_experiment_resumes_to_identical_state(
+    cifar: Path, teacher: Path, tmp_path: Path, method: str, init: int | None, stop: int
 ) -> None:
-    init = 1 if method == "fitnets" else 0
+    """Stopped after epoch `stop` (inside FT's paraphraser stage, at FitNets' stage change, in
+    the main stage) and resumed: model, distiller, optimizer, best weights and curves all equal
+    those of an uninterrupted run."""
     whole = _student(cifar, teacher, method, init_epochs=init)
-    run_experiment(whole)
-    # the same experiment elsewhere, stopped after its first epoch (state saved), then resumed
+    a = Path(run_experiment(whole)["dir"])
     ck = str(experiment_dir(_config(cifar, teacher, model="resnet14", epochs=2)) / "best.pt")
     part = whole.replace(outdir=str(tmp_path), teacher_checkpoint_path=ck)
-    first = run_experiment(part, stop_after=lambda e: e == 0)
-    assert first["status"] == "in_progress" and first["epoch"] == 1
+    first = run_experiment(part, stop_after=lambda e: e == stop)
+    assert first["status"] == "in_progress" and first["epoch"] == stop + 1
     done = run_experiment(part)
-    assert done["status"] == "completed"
-    a = _weights(experiment_dir(whole) / "last.pt")
-    b = _weights(experiment_dir(part) / "last.pt")
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-    ma = json.loads((experiment_dir(whole) / "metrics.json").read_text())
-    mb = json.loads((experiment_dir(part) / "metrics.json").read_text())
-    assert ma == mb
+    assert done["status"] == "completed" and not done["skipped"]
+    b = Path(done["dir"])
+    last_a, last_b = (torch.load(d / "last.pt", weights_only=True) for d in (a, b))
+    for key in ("model", "distiller", "optimizer", "scaler", "history", "best_acc", "epoch"):
+        assert _same(last_a[key], last_b[key]), key
+    best_a, best_b = (torch.load(d / "best.pt", weights_only=True) for d in (a, b))
+    assert _same(best_a["weights"], best_b["weights"]) and best_a["epoch"] == best_b["epoch"]
+
+
+def test_student_refuses_an_unfinished_or_missing_teacher(cifar: Path, tmp_path: Path) -> None:
+    from sublim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no completed resnet14 teacher for seed 0 \\(none"):
+        run_experiment(_student(cifar, tmp_path, "kd"))
+    half = _config(cifar, tmp_path, model="resnet14", epochs=3)
+    run_experiment(half, stop_after=lambda e: e == 0)
+    with pytest.raises(ConfigError, match="is in_progress at epoch 1/3"):
+        run_experiment(_student(cifar, tmp_path, "kd"))
+    # a student learning from another teacher is another experiment
+    run_experiment(half)
+    one = _student(cifar, tmp_path, "kd", epochs=1)
+    first = run_experiment(one)
+    other = run_experiment(
+        one.replace(teacher_checkpoint_path=str(Path(first["dir"]) / "best.pt"), teacher="resnet8")
+    )
+    assert other["dir"] != first["dir"]
 
 
 def test_killed_process_resumes_to_identical_weights(cifar: Path, tmp_path: Path) -> None:
@@ -231,12 +264,22 @@ def test_bad_tap_and_missing_teacher_fail_before_data(
     cifar: Path, teacher: Path, tmp_path: Path
 ) -> None:
     from sublim.errors import ConfigError
-    from sublim.kd.runner import prepare_check
+    from sublim.kd.runner import prepare_check, resolve_teacher
 
+    bad_tap = _student(cifar, teacher, "fitnets", method_params={"hint": "stage9"})
     with pytest.raises(ConfigError, match="the teacher has no tap 'stage9'"):
-        prepare_check(_student(cifar, teacher, "fitnets", method_params={"hint": "stage9"}))
-    with pytest.raises(ConfigError, match="no trained teacher there; train it first"):
-        prepare_check(_student(cifar, tmp_path, "kd"))
+        prepare_check(resolve_teacher(bad_tap))
+    bad_type = _student(cifar, teacher, "kd", method_params={"temperature": "hot"})
+    with pytest.raises(ConfigError, match="--method-params"):
+        prepare_check(resolve_teacher(bad_type))
+    with pytest.raises(ConfigError, match="no completed resnet14 teacher"):
+        resolve_teacher(_student(cifar, tmp_path, "kd"))
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"weights": {"fc.weight": torch.zeros(2)}}, wrong)
+    with pytest.raises(ConfigError, match="not a resnet14 for 10 classes"):
+        prepare_check(
+            resolve_teacher(_student(cifar, tmp_path, "kd", teacher_checkpoint_path=str(wrong)))
+        )
 
 
 def test_report_summarises_kd_experiments(cifar: Path, teacher: Path, tmp_path: Path) -> None:
@@ -292,7 +335,8 @@ method = ["kd", "sp"]
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[-1] == "kd sweep tiny: 2 teachers (2 done), 4 students (4 done)"
+    last = "kd sweep tiny: 2 trainings without a teacher (2 done), 4 distillations (4 done)"
+    assert proc.stdout.splitlines()[-1] == last
     statuses = {p.parent: json.loads(p.read_text()) for p in (tmp_path / "o").rglob("status.json")}
     assert len(statuses) == 6 and all(s["status"] == "completed" for s in statuses.values())
     teachers = {d.name.split("_")[1]: s for d, s in statuses.items() if "teacher" in d.parts}
@@ -307,7 +351,7 @@ method = ["kd", "sp"]
     again = subprocess.run(
         args + ["--dry-run"], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120
     )
-    assert again.stdout.strip() == "kd sweep tiny: 2 teachers (2 done), 4 students (4 done)"
+    assert again.stdout.strip() == last
     bad = tmp_path / "bad.toml"
     bad.write_text(spec.read_text().replace('method = ["kd", "sp"]', 'method = ["kd", "crd"]'))
     proc = subprocess.run(
@@ -326,11 +370,11 @@ method = ["kd", "sp"]
     [
         (
             "kd_beta_notes.toml",
-            "kd sweep kd_beta_notes: 12 teachers (0 done), 84 students (0 done)",
+            "kd sweep kd_beta_notes: 24 trainings without a teacher (0 done), 72 distillations (0 done)",
         ),
         (
             "kd_cifar100_methods.toml",
-            "kd sweep kd_cifar100_methods: 3 teachers (0 done), 33 students (0 done)",
+            "kd sweep kd_cifar100_methods: 6 trainings without a teacher (0 done), 30 distillations (0 done)",
         ),
     ],
 )

@@ -565,5 +565,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"{PROG}: error: {' '.join(str(exc).split())}\n")
         return 2
     except KeyboardInterrupt:
-        sys.stderr.write(f"{PROG}: interrupted; nothing was written for the unfinished run\n")
+        if ns.command == "kd":
+            sys.stderr.write(
+                f"{PROG}: interrupted; rerun the same command to resume from the "
+                "last finished epoch\n"
+            )
+        else:
+            sys.stderr.write(f"{PROG}: interrupted; nothing was written for the unfinished run\n")
         return 130

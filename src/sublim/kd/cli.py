@@ -20,7 +20,6 @@ RECIPE_DEFAULTS = {
     "gamma": "0.1",
     "warmup_epochs": "0",
     "label_smoothing": "0.1",
-    "augment": "crop=4,hflip=0.5",
 }
 
 
@@ -67,8 +66,9 @@ def add_kd_parser(sub: Any, parser_class: type) -> None:
     )
     distill.add_argument(
         "--init-epochs",
-        default="0",
-        help="epochs of FitNets' hint stage or FT's paraphraser pre-training first (default: 0)",
+        default=None,
+        help="epochs of FitNets' hint stage or FT's paraphraser pre-training first (default: "
+        "30 for ft, 0 for fitnets, which then trains the regressor jointly)",
     )
     _common(distill)
     sweep = kd_sub.add_parser(
@@ -108,6 +108,12 @@ def _common(p: argparse.ArgumentParser) -> None:
             default=default,
             help=f"(default: %(default)s){_HELP.get(name, '')}",
         )
+    r.add_argument(
+        "--augment",
+        default=None,
+        help="training augmentation: crop=PIXELS (padded random crop), hflip=P, rotate, translate "
+        "(default: crop=4,hflip=0.5; crop=4 for svhn, mnist, kmnist)",
+    )
     r.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
     r.add_argument("--amp", action="store_true", help="float16 mixed precision (CUDA only)")
     r.add_argument("--channels-last", action="store_true", help="channels_last layout (CUDA only)")
@@ -116,8 +122,6 @@ def _common(p: argparse.ArgumentParser) -> None:
 _HELP = {
     "schedule": "; cosine or multistep",
     "milestones": "; multistep: epochs where lr is multiplied by --gamma",
-    "augment": "; training augmentation (crop=PIXELS padded random crop, hflip=P, rotate, "
-    "translate)",
 }
 
 
@@ -174,7 +178,7 @@ def config_from_args(ns: argparse.Namespace) -> Any:
         method=ns.method.strip().lower(),
         method_params=params,
         alpha=None if ns.alpha is None else _float("--alpha", ns.alpha),
-        init_epochs=_int("--init-epochs", ns.init_epochs),
+        init_epochs=None if ns.init_epochs is None else _int("--init-epochs", ns.init_epochs),
         teacher_checkpoint_path=ns.teacher_checkpoint,
         **kw,
     )
@@ -182,7 +186,7 @@ def config_from_args(ns: argparse.Namespace) -> Any:
 
 def cmd_kd(ns: argparse.Namespace) -> int:
     """Run one experiment (validating everything, including the method, before any data)."""
-    from .runner import prepare_check, run_experiment
+    from .runner import prepare_check, resolve_teacher, run_experiment
 
     if ns.kd_command is None:
         raise UserError(
@@ -190,7 +194,7 @@ def cmd_kd(ns: argparse.Namespace) -> int:
         )
     if ns.kd_command == "sweep":
         return _cmd_sweep(ns)
-    config = config_from_args(ns)
+    config = resolve_teacher(config_from_args(ns))
     prepare_check(config)
     progress = not ns.quiet and sys.stderr.isatty()
     result = run_experiment(config, progress=progress)

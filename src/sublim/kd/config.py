@@ -9,6 +9,7 @@ epochs, batch size, label smoothing, augmentation, mixed precision and channels_
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -30,6 +31,8 @@ KD_DATASETS: dict[str, tuple[int, tuple[int, int, int]]] = {  # classes, input s
     "kmnist": (10, (3, 32, 32)),
 }
 SCHEDULES = ("cosine", "multistep")
+DIGITS = ("svhn", "mnist", "kmnist")  # no horizontal flips by default
+FLOAT_FIELDS = ("lr", "momentum", "weight_decay", "gamma", "label_smoothing", "alpha")
 ROLES = ("teacher", "student")
 # Fields that never change results: where to read and write, and how to show progress.
 NON_RESULT = frozenset({"data_dir", "outdir", "device", "teacher_checkpoint_path"})
@@ -52,10 +55,15 @@ class KDConfig:
     model: str = "resnet56"  # the model trained (the student when role is student)
     teacher: str | None = None  # the teacher's model name (students)
     teacher_checkpoint_path: str | None = None  # default: the matching teacher experiment's best
-    method: str = "none"  # none: cross-entropy only; else a kd.losses method name
+    # identity of the teacher a student learns from (its experiment's hash, or "sha256:..." of an
+    # explicit checkpoint file): part of the student's hash, so a new teacher means a new student
+    teacher_hash: str | None = None
+    method: str = "none"  # none: the student alone (cross-entropy); else a kd.losses method
     method_params: dict[str, Any] = field(default_factory=dict)
     alpha: float | None = None  # (1 - alpha) * CE + alpha * distill; None: per-method weights
-    init_epochs: int = 0  # FitNets hint stage / FT paraphraser pre-training, before `epochs`
+    # FitNets hint stage / FT paraphraser pre-training before `epochs`; None: the method's
+    # default (ft: 30 as in RepDistiller; fitnets: 0, trained jointly as in RepDistiller)
+    init_epochs: int | None = None
     epochs: int = 150
     batch_size: int = 128
     lr: float = 0.1
@@ -67,12 +75,28 @@ class KDConfig:
     gamma: float = 0.1
     warmup_epochs: int = 0
     label_smoothing: float = 0.1
-    augment: str = "crop=4,hflip=0.5"
+    augment: str | None = None  # None: crop=4,hflip=0.5 (crop=4 for digits: svhn, mnist, kmnist)
     amp: bool = False  # float16 autocast + GradScaler (CUDA only; no effect on a CPU)
     channels_last: bool = False  # CUDA only
     train_limit: int = 0  # use only the first N training images (0: all); for smoke tests
 
     def __post_init__(self) -> None:
+        for name in FLOAT_FIELDS:  # 0 and 0.0 are one experiment (TOML gives ints, flags floats)
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, name, float(value))
+        if self.role == "student" and self.method == "none":
+            # the student alone is a plain cross-entropy training of that model: one experiment
+            for name, value in (
+                ("role", "teacher"),
+                ("teacher", None),
+                ("alpha", None),
+                ("method_params", {}),
+                ("teacher_checkpoint_path", None),
+                ("teacher_hash", None),
+                ("init_epochs", None),
+            ):
+                object.__setattr__(self, name, value)
         self._validate()
 
     def _validate(self) -> None:
@@ -94,7 +118,7 @@ class KDConfig:
                 raise ConfigError("--method", self.method, f"allowed: {allowed}")
         elif self.method != "none" or self.teacher is not None:
             raise ConfigError("--method", self.method, "a teacher is trained without distillation")
-        for name in ("seed", "init_epochs", "warmup_epochs", "train_limit"):
+        for name in ("seed", "warmup_epochs", "train_limit"):
             _int(name, getattr(self, name), 0)
         for name in ("epochs", "batch_size"):
             _int(name, getattr(self, name), 1)
@@ -114,13 +138,42 @@ class KDConfig:
             raise ConfigError("--milestones", self.milestones, "expected epochs >= 1")
         if not isinstance(self.method_params, dict):
             raise ConfigError("--method-params", self.method_params, "expected a JSON object")
-        if self.init_epochs and self.method not in ("fitnets", "ft"):
-            raise ConfigError(
-                "--init-epochs", self.init_epochs, "only fitnets (hint stage) and ft (paraphraser)"
-            )
-        parse_augment(self.augment)
+        if self.init_epochs is not None:
+            _int("init_epochs", self.init_epochs, 0)
+            if self.init_epochs and self.method not in ("fitnets", "ft"):
+                raise ConfigError(
+                    "--init-epochs",
+                    self.init_epochs,
+                    "only fitnets (hint stage) and ft (paraphraser)",
+                )
+        for name in ("nesterov", "amp", "channels_last"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(_flag(name), getattr(self, name), "expected true or false")
+        if self.augment is not None and not isinstance(self.augment, str):
+            raise ConfigError("--augment", self.augment, "expected text such as crop=4,hflip=0.5")
+        parse_augment(self.augmentation)
+        if self.schedule == "multistep":
+            ms = self.milestones
+            if list(ms) != sorted(set(ms)) or (ms and ms[-1] >= self.epochs):
+                raise ConfigError(
+                    "--milestones", ms, f"expected increasing epochs below --epochs {self.epochs}"
+                )
 
     # ------------------------------------------------------------------ derived facts
+    @property
+    def init_stage(self) -> int:
+        """Epochs of the method's first stage (FT's paraphraser, FitNets' hints)."""
+        if self.init_epochs is not None:
+            return self.init_epochs
+        return 30 if self.method == "ft" else 0
+
+    @property
+    def augmentation(self) -> str:
+        """The augmentation used: --augment, or the dataset's default (no flips for digits)."""
+        if self.augment is not None:
+            return self.augment
+        return "crop=4" if self.dataset in DIGITS else "crop=4,hflip=0.5"
+
     @property
     def num_classes(self) -> int:
         return KD_DATASETS[self.dataset][0]
@@ -138,12 +191,14 @@ class KDConfig:
     def result_dict(self) -> dict[str, Any]:
         """The fields that change the trained model."""
         d = {k: v for k, v in self.to_dict().items() if k not in NON_RESULT}
-        d["augment"] = canonical_augment(self.augment)
+        d["augment"] = canonical_augment(self.augmentation)
+        d["init_epochs"] = self.init_stage
+        d["method_params"] = _explicit_params(self.method, self.method_params)
         if self.schedule != "multistep":
             d.pop("milestones")
             d.pop("gamma")
         if self.role == "teacher":
-            for k in ("teacher", "method", "method_params", "alpha", "init_epochs"):
+            for k in ("teacher", "teacher_hash", "method", "method_params", "alpha", "init_epochs"):
                 d.pop(k)
         return d
 
@@ -156,7 +211,7 @@ class KDConfig:
     def teacher_config(self) -> KDConfig:
         """The teacher experiment a student uses by default: same dataset, seed and recipe."""
         recipe = {f.name: getattr(self, f.name) for f in fields(self)}
-        for k in ("teacher", "method", "method_params", "alpha", "init_epochs"):
+        for k in ("teacher", "teacher_hash", "method", "method_params", "alpha", "init_epochs"):
             recipe.pop(k)
         recipe.update(role="teacher", model=self.teacher, teacher_checkpoint_path=None)
         return KDConfig(**recipe)
@@ -173,6 +228,21 @@ class KDConfig:
             t = (epoch - self.warmup_epochs) / max(1, self.epochs - self.warmup_epochs)
             return 0.5 * self.lr * (1 + math.cos(math.pi * t))
         return self.lr * self.gamma ** sum(epoch >= m for m in self.milestones)
+
+
+def _explicit_params(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Method parameters without those equal to the method's defaults (canonical hashing)."""
+    from .losses import METHODS
+
+    cls = METHODS.get(method)
+    if cls is None:
+        return dict(params)
+    defaults = {
+        n: p.default
+        for n, p in inspect.signature(cls.__init__).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    return {k: v for k, v in params.items() if k not in defaults or defaults[k] != v}
 
 
 def _int(name: str, value: Any, minimum: int) -> None:

@@ -7,6 +7,8 @@ epoch's state to the `_Sink` here, which writes last.pt, best.pt, metrics.json a
 from __future__ import annotations
 
 import datetime
+import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -48,52 +50,93 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
 
 
-def teacher_checkpoint(config: KDConfig) -> Path:
-    """The teacher weights a student reads: --teacher-checkpoint, else the best.pt of the one
-    completed teacher experiment of that model, dataset and seed under --outdir."""
+FLAG = "--teacher-checkpoint"
+
+
+def resolve_teacher(config: KDConfig) -> KDConfig:
+    """The student with its teacher pinned: the checkpoint path and the teacher's identity.
+
+    --teacher-checkpoint: that file (identity: its sha256). Otherwise the one completed teacher
+    experiment of that model, dataset and seed under --outdir (identity: its config hash); an
+    unfinished or failed teacher is refused, never used half-trained."""
+    if config.role != "student" or config.teacher_hash is not None:
+        return config
     if config.teacher_checkpoint_path:
-        return Path(config.teacher_checkpoint_path)
+        path = Path(config.teacher_checkpoint_path)
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        except OSError as exc:
+            raise ConfigError(FLAG, str(path), f"cannot read it ({exc.strerror or exc})") from None
+        return config.replace(teacher_hash=f"sha256:{digest}")
     folder = experiment_dir(config.teacher_config()).parent
-    done = [
-        p.parent / "best.pt"
+    found = {
+        p.parent: Experiment.read_status(p)
         for p in sorted(folder.glob(f"seed_{config.seed}_*/status.json"))
-        if Experiment.read_status(p).get("status") == "completed"
-    ]
+    }
+    done = [d for d, st in found.items() if st.get("status") == "completed"]
     if len(done) > 1:
         raise ConfigError(
-            "--teacher-checkpoint",
+            FLAG,
             None,
             f"{len(done)} completed {config.teacher} teachers for seed {config.seed} under "
-            f"{folder} (different recipes); choose one: {', '.join(map(str, done))}",
+            f"{folder} (different recipes); choose one: {', '.join(str(d / 'best.pt') for d in done)}",
         )
-    return done[0] if done else experiment_dir(config.teacher_config()) / "best.pt"
+    if not done:
+        unfinished = [
+            f"{d} is {st.get('status')} at epoch {st.get('epoch')}/{st.get('epochs')}"
+            for d, st in found.items()
+        ]
+        why = "; ".join(unfinished) if unfinished else "none there"
+        raise ConfigError(
+            FLAG,
+            None,
+            f"no completed {config.teacher} teacher for seed {config.seed} ({why}); train it "
+            f"first (sublim kd train-teacher --model {config.teacher} --dataset {config.dataset} "
+            f"--seed {config.seed} --outdir {config.outdir}) or give {FLAG}",
+        )
+    teacher_hash = str(Experiment.read_status(done[0] / "status.json").get("config_hash"))
+    return config.replace(
+        teacher_checkpoint_path=str(done[0] / "best.pt"), teacher_hash=teacher_hash
+    )
 
 
 def load_teacher_weights(config: KDConfig) -> dict[str, torch.Tensor]:
-    """The teacher's state dict, checked to be the right model and class count."""
-    path = teacher_checkpoint(config)
-    flag = "--teacher-checkpoint"
-    if not path.exists():
+    """The teacher's state dict, checked to be a finished teacher of the right model, class
+    count, keys and shapes (against the model built on the meta device)."""
+    path = Path(config.teacher_checkpoint_path or "")
+    status = path.parent / "status.json"
+    if status.exists() and Experiment.read_status(status).get("status") != "completed":
+        st = Experiment.read_status(status)
         raise ConfigError(
-            flag,
+            FLAG,
             str(path),
-            "no trained teacher there; train it first (sublim kd train-teacher --model "
-            f"{config.teacher} --dataset {config.dataset} --seed {config.seed} --outdir "
-            f"{config.outdir}) or give --teacher-checkpoint",
+            f"its experiment is {st.get('status')} (epoch {st.get('epoch')}); "
+            "wait for it to complete",
         )
+    if not path.is_file():
+        raise ConfigError(FLAG, str(path), "no such file")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 (any unreadable file)
-        raise ConfigError(flag, str(path), f"unreadable ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(FLAG, str(path), f"unreadable ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict) or "weights" not in data:
-        raise ConfigError(flag, str(path), "expected a best.pt ({'weights': state_dict, ...})")
+        raise ConfigError(FLAG, str(path), "expected a best.pt ({'weights': state_dict, ...})")
     if data.get("model", config.teacher) != config.teacher:
-        raise ConfigError(flag, str(path), f"holds a {data['model']}, not a {config.teacher}")
-    if data.get("num_classes", config.num_classes) != config.num_classes:
+        raise ConfigError(FLAG, str(path), f"holds a {data['model']}, not a {config.teacher}")
+    from .models import create_model
+
+    with torch.device("meta"):
+        want = {
+            k: tuple(v.shape)
+            for k, v in create_model(config.teacher, config.num_classes).state_dict().items()
+        }
+    have = {k: tuple(v.shape) for k, v in data["weights"].items()}
+    if have != want:
+        wrong = sorted(set(want) ^ set(have)) or [k for k in want if want[k] != have[k]]
         raise ConfigError(
-            flag,
+            FLAG,
             str(path),
-            f"has {data['num_classes']} classes; {config.dataset} has {config.num_classes}",
+            f"not a {config.teacher} for {config.num_classes} classes ({wrong[0]} differs)",
         )
     return data["weights"]
 
@@ -106,39 +149,48 @@ def prepare_check(config: KDConfig, teacher: bool = True) -> None:
         return
     if teacher:
         load_teacher_weights(config)
-    if config.method == "none":
-        return
     from .losses import create_distiller
     from .models import create_model
 
     with torch.device("meta"):
         student = create_model(config.model, config.num_classes)
-        teacher = create_model(config.teacher, config.num_classes)
-        create_distiller(
-            config.method,
-            student.tap_shapes(config.input_shape),
-            teacher.tap_shapes(config.input_shape),
-            **config.method_params,
-        )
+        teacher_net = create_model(config.teacher, config.num_classes)
+        try:
+            create_distiller(
+                config.method,
+                student.tap_shapes(config.input_shape),
+                teacher_net.tap_shapes(config.input_shape),
+                **config.method_params,
+            )
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                "--method-params", json.dumps(config.method_params), " ".join(str(exc).split())
+            ) from None
 
 
 def run_experiment(
     config: KDConfig, progress: bool = False, stop_after: Any = None
 ) -> dict[str, Any]:
     """Train (or finish, or skip) one experiment; returns its final status record."""
+    config = resolve_teacher(config)
     exp = Experiment(config)
     status = exp.status()
     if status.get("status") == "completed" and status.get("config_hash") == config.config_hash:
         return {**status, "skipped": True, "dir": str(exp.dir)}
     weights = load_teacher_weights(config) if config.role == "student" else None
     device = resolve_device(config.device)
-    data = load_kd_data(config, progress)
-    with exp:
+    with exp:  # the lock first, then the status it protects
+        status = exp.status()
+        if status.get("status") == "completed" and status.get("config_hash") == config.config_hash:
+            return {**status, "skipped": True, "dir": str(exp.dir)}
+        data = load_kd_data(config, progress)
         exp.write_config()
         resume = exp.load("last.pt") if status.get("status") in ("in_progress", "failed") else None
         if resume is not None and resume.get("config_hash") != config.config_hash:
             resume = None
-        total = config.init_epochs + config.epochs
+        total = config.init_stage + config.epochs
         started_at = _now()
         exp.write_status(
             "in_progress",

@@ -41,7 +41,8 @@ FIELDS = tuple(f.name for f in fields(KDConfig))
 
 @dataclass
 class KDPlan:
-    """Every experiment of a sweep, teachers first, with what is already done."""
+    """Every experiment of a sweep: trainings without a teacher (the teachers, and students
+    alone for method none) first, then the distillations; with what is already done."""
 
     name: str
     teachers: list[KDConfig]
@@ -52,8 +53,8 @@ class KDPlan:
         t_done = sum(c.config_hash in self.done for c in self.teachers)
         s_done = sum(c.config_hash in self.done for c in self.students)
         return (
-            f"kd sweep {self.name}: {len(self.teachers)} teachers ({t_done} done), "
-            f"{len(self.students)} students ({s_done} done)"
+            f"kd sweep {self.name}: {len(self.teachers)} trainings without a teacher ({t_done} "
+            f"done), {len(self.students)} distillations ({s_done} done)"
         )
 
 
@@ -86,6 +87,9 @@ def load_plan(path: str | Path, outdir: str, seeds: str | None = None) -> KDPlan
     base, teacher_recipe, grid = (dict(data.get(k, {})) for k in ("base", "teacher_recipe", "grid"))
     _check(base, f"{path}: base")
     _check(teacher_recipe, f"{path}: teacher_recipe")
+    for key in teacher_recipe:
+        if key in _STUDENT_ONLY:
+            raise SpecError(f"{path}: teacher_recipe: {key}: a teacher is trained without it")
     _check(grid, f"{path}: grid")
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
@@ -101,13 +105,16 @@ def load_plan(path: str | Path, outdir: str, seeds: str | None = None) -> KDPlan
             student = _build(
                 where, role="student", model=data["student"], teacher=data["teacher"], **fields_
             )
+            if student.role == "teacher":  # method none: the student alone, no teacher needed
+                teachers.setdefault(student.config_hash, student)
+                continue
             recipe = {k: v for k, v in fields_.items() if k not in _STUDENT_ONLY}
             teacher = _build(
                 where, role="teacher", model=data["teacher"], **{**recipe, **teacher_recipe}
             )
             teachers.setdefault(teacher.config_hash, teacher)
             ck = str(experiment_dir(teacher) / "best.pt")
-            student = student.replace(teacher_checkpoint_path=ck)
+            student = student.replace(teacher_checkpoint_path=ck, teacher_hash=teacher.config_hash)
             students.setdefault(student.config_hash, student)
     done = {
         h
@@ -129,6 +136,8 @@ def _build(where: str, **kw: Any) -> KDConfig:
         return KDConfig(**kw)
     except UserError as exc:
         raise SpecError(f"{where}: {exc}") from None
+    except (TypeError, ValueError, AttributeError) as exc:  # a value of the wrong type
+        raise SpecError(f"{where}: {' '.join(str(exc).split())}") from None
 
 
 def kd_task(config: KDConfig, threads: int | None = None) -> dict[str, Any]:
@@ -140,19 +149,20 @@ def kd_task(config: KDConfig, threads: int | None = None) -> dict[str, Any]:
     try:
         return run_experiment(config)
     except Exception as exc:  # noqa: BLE001 (reported by the driver; the sweep goes on)
-        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
+        try:  # failures before training started (data, lock) also reach status.json
+            exp = Experiment(config)
+            if exp.status().get("status") != "failed":
+                exp.dir.mkdir(parents=True, exist_ok=True)
+                exp.write_status("failed", error=error)
+        except OSError:
+            pass
+        return {"status": "failed", "error": error}
 
 
 def execute(plan: KDPlan, executor: Any, quiet: bool = False) -> int:
     """Teachers first, each student when its teacher has completed; returns failures."""
-    teacher_of = {
-        s.config_hash: next(
-            t.config_hash
-            for t in plan.teachers
-            if str(experiment_dir(t) / "best.pt") == s.teacher_checkpoint_path
-        )
-        for s in plan.students
-    }
+    teacher_of = {s.config_hash: str(s.teacher_hash) for s in plan.students}
     ready = {t.config_hash for t in plan.teachers if t.config_hash in plan.done}
     failed: set[str] = set()
     queue: deque[KDConfig] = deque(t for t in plan.teachers if t.config_hash not in plan.done)
@@ -177,7 +187,10 @@ def execute(plan: KDPlan, executor: Any, quiet: bool = False) -> int:
         done, _ = executor.wait_any(list(in_flight))
         for fut in done:
             config = in_flight.pop(fut)
-            status = fut.result()
+            try:
+                status = fut.result()
+            except Exception as exc:  # noqa: BLE001 (a lost worker: that experiment failed)
+                status = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
             if status.get("status") == "completed":
                 _say(quiet, f"completed: {experiment_dir(config)} best {status['best_acc']:.4f}")
                 if config.role == "teacher":

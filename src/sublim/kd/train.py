@@ -169,10 +169,10 @@ def train(
         models.student.to(memory_format=torch.channels_last)
     norm = Normalizer(data.mean, data.std, device)
     augment = Augmenter(
-        config.augment, seeds.derive(config.seed, "kd", "augment"), data.mean, data.std
+        config.augmentation, seeds.derive(config.seed, "kd", "augment"), data.mean, data.std
     )
     state = Progress()
-    stage = "init" if config.init_epochs else "main"
+    stage = "init" if config.init_stage else "main"
     opt = _optimizer(config, _stage_params(config, models, stage))
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     if resume is not None:
@@ -182,7 +182,7 @@ def train(
         models.student.load_state_dict(resume["model"])
         if models.distiller is not None:
             models.distiller.load_state_dict(resume["distiller"])
-        stage = "init" if state.epoch < config.init_epochs else "main"
+        stage = "init" if state.epoch < config.init_stage else "main"
         opt = _optimizer(config, _stage_params(config, models, stage))
         if resume["stage"] == stage:
             opt.load_state_dict(resume["optimizer"])
@@ -193,7 +193,7 @@ def train(
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     n, bs = train_x.shape[0], config.batch_size
     steps = (n + bs - 1) // bs
-    total_epochs = config.init_epochs + config.epochs
+    total_epochs = config.init_stage + config.epochs
     started = time.perf_counter()
     bar = tqdm(
         total=total_epochs * steps,
@@ -206,10 +206,10 @@ def train(
     try:
         while state.epoch < total_epochs:
             e = state.epoch
-            if e == config.init_epochs and stage == "init":
+            if e == config.init_stage and stage == "init":
                 stage = "main"
                 opt = _optimizer(config, _stage_params(config, models, stage))
-            main_epoch = e - config.init_epochs
+            main_epoch = e - config.init_stage
             lr = config.lr if stage == "init" else config.lr_at(main_epoch)
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -279,7 +279,7 @@ def _epoch(
     loss_sum = torch.zeros((), device=train_x.device)
     correct = torch.zeros((), device=train_x.device)
     ce_weight = 1.0 if distiller is None or config.alpha is not None else distiller.ce_weight
-    main_epoch = epoch - config.init_epochs
+    main_epoch = epoch - config.init_stage
     for i in range(0, n, bs):
         idx = perm[i : i + bs]
         x = augment(norm.take(train_x, idx), epoch, i // bs)
@@ -295,8 +295,9 @@ def _epoch(
             if stage == "init":  # FT: paraphraser reconstruction; FitNets: the hint loss alone
                 if config.method == "ft":
                     loss = distiller.paraphraser_loss(t)  # type: ignore[union-attr]
-                else:
-                    loss = sum(distiller(s, t, y, 0).values())  # type: ignore[misc]
+                else:  # the raw hint loss (the paper's stage 1), whatever the method's weight
+                    (hint,) = distiller(s, t, y, 0).values()  # type: ignore[misc]
+                    loss = hint / distiller.weight if distiller.weight > 0 else hint  # type: ignore[union-attr]
             else:
                 ce = F.cross_entropy(s["logits"].float(), y, label_smoothing=config.label_smoothing)
                 losses = {} if distiller is None else distiller(s, t, y, main_epoch)
@@ -306,9 +307,26 @@ def _epoch(
         scaler.step(opt)
         scaler.update()
         loss_sum += loss.detach().float() * idx.numel()
-        correct += (predict(models, s).detach().argmax(1) == y).sum()
+        correct += _train_correct(models, s, y, amp)
         bar.update(1)
     return loss_sum.item(), correct.item()
+
+
+@torch.no_grad()
+def _train_correct(
+    models: Models, s: dict[str, torch.Tensor], y: torch.Tensor, amp: bool
+) -> torch.Tensor:
+    """Correct predictions on a training batch (SimKD's projector runs in eval mode here, so
+    this extra pass leaves its BatchNorm statistics alone)."""
+    d = models.distiller
+    if d is None or d.name != "simkd":
+        return (s["logits"].argmax(1) == y).sum()
+    d.eval()
+    try:
+        with torch.autocast(y.device.type, enabled=amp):
+            return (predict(models, s).argmax(1) == y).sum()
+    finally:
+        d.train()
 
 
 def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
