@@ -305,7 +305,10 @@ def test_report_summarises_kd_experiments(cifar: Path, teacher: Path, tmp_path: 
     assert "KD experiments" in result.table_text and "resnet8" in result.table_text
 
 
-def test_kd_sweep_runs_students_after_their_teachers(cifar: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("executor", ["processes:2", "dask-local:2"])
+def test_kd_sweep_runs_students_after_their_teachers(
+    cifar: Path, tmp_path: Path, executor: str
+) -> None:
     spec = tmp_path / "kd.toml"
     spec.write_text(
         f"""name = "tiny"
