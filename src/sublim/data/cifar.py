@@ -108,8 +108,10 @@ def _safe(member: tarfile.TarInfo) -> bool:
     return not path.is_absolute() and ".." not in path.parts and "\\" not in member.name
 
 
-def _extract(archive: Path, names: Sequence[str], dest_dir: Path) -> None:
-    """Extract the named batches (by base name) into dest_dir; refuses unsafe archives.
+def extract_members(
+    archive: Path, names: Sequence[str], dest_dir: Path, label: str = "CIFAR-10"
+) -> None:
+    """Extract the named files (by base name) of a .tar.gz into dest_dir; refuses unsafe archives.
 
     Members go to temp files and are renamed into place only once the whole archive has been
     read without a problem, so a bad archive leaves nothing behind.
@@ -136,14 +138,14 @@ def _extract(archive: Path, names: Sequence[str], dest_dir: Path) -> None:
         absent = [n for n in names if n not in tmps]
         if absent:
             raise DataError(
-                f"--data-dir: {archive} has no {', '.join(absent)}; it is not the CIFAR-10 "
+                f"--data-dir: {archive} has no {', '.join(absent)}; it is not the {label} "
                 f"python archive; {_FIX}"
             )
         for name, tmp in tmps.items():
             os.replace(tmp, dest_dir / name)
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         raise DataError(
-            f"--data-dir: cannot extract CIFAR-10 from {archive} ({' '.join(str(e).split())}); "
+            f"--data-dir: cannot extract {label} from {archive} ({' '.join(str(e).split())}); "
             f"{_FIX}"
         ) from e
     finally:
@@ -199,7 +201,7 @@ def _locate(
                 download_file(urls, archive, checksum, progress)
             except DownloadError as e:
                 raise _missing_error(missing, dirs, data_dir, urls, e.failures) from e
-        _extract(archive, missing, dirs[0])
+        extract_members(archive, missing, dirs[0])
         found.update({name: dirs[0] / name for name in missing})
     return [found[name] for name in _NAMES]  # type: ignore[misc]
 

@@ -10,17 +10,13 @@ so a tampered file cannot run code.
 
 from __future__ import annotations
 
-import os
-import tarfile
-import tempfile
-import zlib
 from collections.abc import Callable, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from sublim.data.cifar import _FIX, _ArrayUnpickler, _find, _safe
+from sublim.data.cifar import _FIX, _ArrayUnpickler, _find, extract_members
 from sublim.data.download import DownloadError, Failure, checksum_mismatch, download_file
 from sublim.errors import DataError
 
@@ -71,49 +67,6 @@ def _obtain(
             download_file(urls, path, checksum, progress)
         except DownloadError as e:
             raise missing(e.failures) from e
-
-
-def _extract(archive: Path, names: Sequence[str], dest_dir: Path) -> None:
-    """Extract the named files (by base name) into dest_dir; refuses unsafe archives.
-
-    As for CIFAR-10, members go to temp files renamed into place only once the whole archive has
-    been read without a problem, so a bad archive leaves nothing behind.
-    """
-    tmps: dict[str, Path] = {}
-    try:
-        dest_dir.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(archive, "r:gz") as tf:
-            for member in tf:
-                if not _safe(member):
-                    raise DataError(
-                        f"--data-dir: {archive} holds an unsafe member {member.name!r} "
-                        f"(absolute or '..' path); refusing to extract it; {_FIX}"
-                    )
-                name = PurePosixPath(member.name).name
-                if name not in names or name in tmps or not member.isfile():
-                    continue
-                src = tf.extractfile(member)
-                fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{name}.", suffix=".part")
-                tmps[name] = Path(tmp)
-                with os.fdopen(fd, "wb") as out, src:
-                    while chunk := src.read(1 << 20):
-                        out.write(chunk)
-        absent = [n for n in names if n not in tmps]
-        if absent:
-            raise DataError(
-                f"--data-dir: {archive} has no {', '.join(absent)}; it is not the CIFAR-100 "
-                f"python archive; {_FIX}"
-            )
-        for name, tmp in tmps.items():
-            os.replace(tmp, dest_dir / name)
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        raise DataError(
-            f"--data-dir: cannot extract CIFAR-100 from {archive} ({' '.join(str(e).split())}); "
-            f"{_FIX}"
-        ) from e
-    finally:
-        for tmp in tmps.values():
-            tmp.unlink(missing_ok=True)
 
 
 def _read_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -192,7 +145,7 @@ def load_cifar100(
             progress,
             lambda failures: _missing_error(missing, dirs, data_dir, urls, failures),
         )
-        _extract(archive, missing, dirs[0])
+        extract_members(archive, missing, dirs[0], "CIFAR-100")
         found.update({name: dirs[0] / name for name in missing})
     (train_x, train_y), (test_x, test_y) = (_read_split(found[n]) for n in _NAMES)  # type: ignore[arg-type]
     return (
