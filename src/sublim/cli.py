@@ -1,4 +1,4 @@
-"""The `sublim` command line: parser (run | sweep | data), flag parsing into configs, main().
+"""The `sublim` command line: parser (run | sweep | report | kd | data), flags -> configs, main().
 
 Every user error becomes one line `sublim: error: ...` on stderr and exit status 2, with no
 traceback and no output files.

@@ -1,4 +1,4 @@
-"""The `sublim run | sweep | report | data` commands behind the parser in cli.py.
+"""The `sublim run | sweep | report | data` commands behind the parser in cli.py (`kd`: kd.cli).
 
 Each validates everything first (one-line errors, nothing written), imports torch only when
 there is work to do, and leaves all file writing to the store.

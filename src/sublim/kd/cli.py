@@ -1,4 +1,4 @@
-"""`sublim kd train-teacher | distill`: flags -> KDConfig -> run_experiment."""
+"""`sublim kd train-teacher | distill | sweep`: flags -> KDConfig -> run_experiment / a sweep."""
 
 from __future__ import annotations
 
@@ -27,9 +27,10 @@ def add_kd_parser(sub: Any, parser_class: type) -> None:
     """The `kd` command with its two subcommands."""
     kd = sub.add_parser(
         "kd",
-        help="classical and feature distillation on CIFAR-style models (train-teacher, distill)",
+        help="classical and feature distillation on CIFAR-style models (train-teacher, distill, "
+        "sweep)",
         description="Train teachers and distil students (KD, FitNets, AT, FT, RKD, NST, SP, DKD, "
-        "SimKD, logit standardisation) on CIFAR-10/100, SVHN or TinyImageNet. Each experiment "
+        "SimKD, logit standardisation) on CIFAR-10/100, SVHN, TinyImageNet or the MNIST family. Each experiment "
         "has its own directory (<outdir>/<dataset>/<method>/<teacher>_to_<student>/seed_<s>_<hash>) "
         "with last.pt rewritten every epoch, best.pt, metrics.json and status.json; rerunning a "
         "command resumes an interrupted experiment and skips a completed one.",
@@ -94,7 +95,12 @@ def add_kd_parser(sub: Any, parser_class: type) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data and output")
-    g.add_argument("--dataset", default="cifar100", help="cifar10, cifar100, svhn or tinyimagenet")
+    g.add_argument(
+        "--dataset",
+        default="cifar100",
+        help="cifar10, cifar100, svhn, tinyimagenet, mnist, fashion-mnist or kmnist "
+        "(default: %(default)s)",
+    )
     g.add_argument("--data-dir", default="./data", help="dataset files (downloaded if missing)")
     g.add_argument("--outdir", default="outputs/kd", help="experiments root (default: %(default)s)")
     g.add_argument("--seed", default="0", help="(default: %(default)s)")
