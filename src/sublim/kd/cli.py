@@ -43,7 +43,8 @@ def add_kd_parser(sub: Any, parser_class: type) -> None:
     distill.add_argument(
         "--method",
         required=True,
-        help="none, kd, logit_std, fitnets, at, ft, rkd, nst, sp, dkd or simkd",
+        help="none (the student alone, cross-entropy only), kd, logit_std, fitnets, at, ft, rkd, "
+        "nst, sp, dkd or simkd",
     )
     distill.add_argument("--teacher", required=True, help="teacher model name, e.g. resnet110")
     distill.add_argument("--student", required=True, help="student model name, e.g. resnet20")
