@@ -1,0 +1,113 @@
+"""Classical and feature distillation methods as registered components.
+
+A `Distiller` reads the student's and the teacher's named taps (see `kd.models`: "stem",
+"stage1".."stageN", "stageN_pre", "pool", "logits") and returns a dict of named scalar losses,
+each already multiplied by its weight. The training loop never forks per method: it asks the
+distiller which taps to compute (`student_taps`, `teacher_taps`), calls it, and adds the losses
+to the cross-entropy with `combine`.
+
+Conventions shared by every method:
+
+* Shapes are per sample: feature maps (C, H, W), pool (D,), logits (K,). Channel counts and
+  spatial sizes come from the shapes given at construction, never from constants.
+* The teacher side never receives a gradient: teacher taps are detached and every computation
+  on them runs under `torch.no_grad()`.
+* `default_weight` and `ce_weight` are the loss and cross-entropy weights of the reference recipe
+  (RepDistiller's `-b`/`-r`, mdistiller's FEAT_WEIGHT/CE_WEIGHT); `weight=` overrides the first.
+  `combine(ce, losses, alpha=None, ce_weight=d.ce_weight)` reproduces the reference recipe;
+  `combine(ce, losses, alpha=0.5)` with distillers built with `weight=1.0` is the experiment
+  notes' `(1 - alpha) * CE + alpha * distill_loss`.
+* When two feature maps that are compared have different spatial sizes, the larger one is
+  adaptive-average-pooled to the smaller one's size (RepDistiller's AT/NST/FT, SimKD).
+* Parameters a method adds (regressor, translator, paraphraser, projector) live in the
+  distiller; move it to the device with `.to(device)` and give its parameters to the optimiser.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from .base import Distiller, DistillerConfigError, Shapes, Taps
+from .features import AT, FT, ConvReg, FitNets, Paraphraser, attention_map
+from .logits import DKD, KD, LogitStd, zscore
+from .relations import NST, RKD, SP, pairwise_distances, similarity_matrix, triplet_cosines
+from .simkd import SimKD
+
+__all__ = [
+    "METHODS",
+    "AT",
+    "DKD",
+    "FT",
+    "KD",
+    "NST",
+    "RKD",
+    "SP",
+    "ConvReg",
+    "Distiller",
+    "DistillerConfigError",
+    "FitNets",
+    "LogitStd",
+    "Paraphraser",
+    "Shapes",
+    "SimKD",
+    "Taps",
+    "attention_map",
+    "combine",
+    "create_distiller",
+    "pairwise_distances",
+    "similarity_matrix",
+    "triplet_cosines",
+    "zscore",
+]
+
+# ---------------------------------------------------------------------------------------------
+# Registry and combination
+# ---------------------------------------------------------------------------------------------
+
+METHODS: dict[str, type[Distiller]] = {
+    cls.name: cls for cls in (KD, LogitStd, FitNets, AT, FT, RKD, NST, SP, DKD, SimKD)
+}
+
+
+def _parameters(cls: type[Distiller]) -> list[str]:
+    """The keyword parameters a method accepts (everything after the two shape mappings)."""
+    params = inspect.signature(cls.__init__).parameters
+    return [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+def create_distiller(name: str, s_shapes: Shapes, t_shapes: Shapes, **params: object) -> Distiller:
+    """Build the registered method `name` for models with these per-sample tap shapes.
+
+    ValueError (a DistillerConfigError) for an unknown method, an unknown parameter, a missing
+    tap or a tap of the wrong rank, naming what is wrong and what is allowed."""
+    if name not in METHODS:
+        raise DistillerConfigError("method", name, f"one of {', '.join(sorted(METHODS))}")
+    cls = METHODS[name]
+    allowed = _parameters(cls)
+    for key in params:
+        if key not in allowed:
+            raise DistillerConfigError(
+                key, params[key], f"not a parameter of {name!r}; allowed: {', '.join(allowed)}"
+            )
+    return cls(s_shapes, t_shapes, **params)
+
+
+def combine(
+    ce: Tensor, losses: Mapping[str, Tensor], alpha: float | None, *, ce_weight: float = 1.0
+) -> Tensor:
+    """The training loss from the cross-entropy and a distiller's named losses.
+
+    With `alpha`: (1 - alpha) * ce + alpha * sum(losses), the experiment notes' formula (build the
+    distiller with weight=1.0 for the notes' raw distill loss). Without: ce_weight * ce +
+    sum(losses), the per-method weights of the reference recipe (pass the distiller's
+    `ce_weight` to reproduce it; the default 1 keeps the cross-entropy as is)."""
+    distill = sum(losses.values(), torch.zeros((), device=ce.device, dtype=ce.dtype))
+    if alpha is None:
+        return ce_weight * ce + distill
+    if not 0.0 <= alpha <= 1.0:
+        raise DistillerConfigError("alpha", alpha, "must be in [0, 1]")
+    return (1.0 - alpha) * ce + alpha * distill

@@ -1,0 +1,164 @@
+"""The Distiller base class, its configuration error and the helpers the methods share."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ...errors import ConfigError
+
+Shapes = Mapping[str, Sequence[int]]
+Taps = Mapping[str, Tensor]
+
+
+class DistillerConfigError(ConfigError, ValueError):
+    """A bad method name, parameter or tap. A ValueError, and a UserError the CLI prints."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared helpers
+# ---------------------------------------------------------------------------------------------
+
+_STAGE = re.compile(r"^stage(\d+)$")
+
+
+def _stage_taps(shapes: Shapes) -> list[str]:
+    """The post-activation stage outputs 'stage1'..'stageN' present in `shapes`, in order."""
+    found = [(int(m.group(1)), k) for k in shapes if (m := _STAGE.match(k))]
+    return [k for _, k in sorted(found)]
+
+
+def _last_stage(shapes: Shapes, side: str, param: str) -> str:
+    """The deepest 'stageN' tap (RepDistiller's feat[-2]: the last feature map before pooling)."""
+    stages = _stage_taps(shapes)
+    if not stages:
+        raise DistillerConfigError(
+            param, None, f"the {side} has no 'stageN' tap (taps: {sorted(shapes)}); name one"
+        )
+    return stages[-1]
+
+
+def _shape(shapes: Shapes, tap: str, side: str, param: str, ndim: int | None) -> tuple[int, ...]:
+    """The per-sample shape of `tap`, refusing a missing tap or one of the wrong rank."""
+    if tap not in shapes:
+        raise DistillerConfigError(
+            param, tap, f"the {side} has no tap {tap!r}; its taps are {sorted(shapes)}"
+        )
+    shape = tuple(int(d) for d in shapes[tap])
+    if ndim is not None and len(shape) != ndim:
+        what = {1: "a vector (D,)", 3: "a feature map (C, H, W)"}[ndim]
+        raise DistillerConfigError(
+            param, tap, f"needs {what} per sample, but the {side}'s {tap!r} has shape {shape}"
+        )
+    return shape
+
+
+def _tap(taps: Taps, name: str, side: str) -> Tensor:
+    """Tap `name` from a model's outputs (KeyError naming the tap and the side)."""
+    try:
+        return taps[name]
+    except KeyError:
+        raise KeyError(f"the {side} outputs have no tap {name!r}; got {sorted(taps)}") from None
+
+
+def _match_spatial(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Adaptive-average-pool the spatially larger of two [B, C, H, W] maps to the other's size."""
+    if a.shape[-2:] == b.shape[-2:]:
+        return a, b
+    if a.shape[-2] >= b.shape[-2]:
+        return F.adaptive_avg_pool2d(a, b.shape[-2:]), b
+    return a, F.adaptive_avg_pool2d(b, a.shape[-2:])
+
+
+def _positive(param: str, value: float) -> float:
+    if not value > 0:
+        raise DistillerConfigError(param, value, "must be > 0")
+    return float(value)
+
+
+def _non_negative(param: str, value: float) -> float:
+    if not value >= 0:
+        raise DistillerConfigError(param, value, "must be >= 0")
+    return float(value)
+
+
+def _kl_softened(s_logits: Tensor, t_logits: Tensor, temperature: float) -> Tensor:
+    """KL(softmax(t/T) || softmax(s/T)) summed over classes, mean over the batch, times T^2."""
+    log_p_s = F.log_softmax(s_logits / temperature, dim=1)
+    p_t = F.softmax(t_logits / temperature, dim=1)
+    return F.kl_div(log_p_s, p_t, reduction="batchmean") * temperature**2
+
+
+# ---------------------------------------------------------------------------------------------
+# Base class
+# ---------------------------------------------------------------------------------------------
+
+
+class Distiller(nn.Module):
+    """One distillation method: reads student and teacher taps by name, returns named losses.
+
+    Subclasses set `name`, `default_weight` and `ce_weight`, and in `__init__` the instance's
+    `student_taps` / `teacher_taps` (the taps it reads, so models compute only those).
+    """
+
+    name: ClassVar[str] = ""
+    default_weight: ClassVar[float] = 1.0  # the reference recipe's loss weight
+    ce_weight: ClassVar[float] = 1.0  # the reference recipe's cross-entropy weight
+    student_taps: tuple[str, ...]
+    teacher_taps: tuple[str, ...]
+
+    def __init__(self, s_shapes: Shapes, t_shapes: Shapes, *, weight: float | None = None) -> None:
+        super().__init__()
+        self.weight = _non_negative("weight", self.default_weight if weight is None else weight)
+        self.student_taps = ()
+        self.teacher_taps = ()
+
+    def forward(
+        self, s: Taps, t: Taps, targets: Tensor, epoch: int = 0
+    ) -> dict[str, Tensor]:  # pragma: no cover - abstract
+        """Named scalar losses, each already multiplied by its weight.
+
+        `epoch` is the 0-based index of the current epoch (only DKD's warm-up reads it)."""
+        raise NotImplementedError
+
+    def extra_parameters(self) -> int:
+        """Number of parameters the method adds (regressors, projectors, ...), as in mdistiller."""
+        return sum(p.numel() for p in self.parameters())
+
+    def extra_repr(self) -> str:
+        return (
+            f"weight={self.weight}, student_taps={self.student_taps}, "
+            f"teacher_taps={self.teacher_taps}"
+        )
+
+
+def _pair_taps(
+    s_shapes: Shapes,
+    t_shapes: Shapes,
+    student_taps: Sequence[str] | None,
+    teacher_taps: Sequence[str] | None,
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Student/teacher tap pairs; None means every stage output (RepDistiller's feat[1:-1])."""
+    for param, value in (("student_taps", student_taps), ("teacher_taps", teacher_taps)):
+        if isinstance(value, str):
+            raise DistillerConfigError(
+                param, value, "a sequence of tap names, e.g. ('stage1', 'stage2')"
+            )
+    s_taps = tuple(_stage_taps(s_shapes) if student_taps is None else student_taps)
+    t_taps = tuple(_stage_taps(t_shapes) if teacher_taps is None else teacher_taps)
+    if not s_taps or len(s_taps) != len(t_taps):
+        raise DistillerConfigError(
+            "teacher_taps",
+            t_taps,
+            f"needs as many taps as the student's {s_taps} (at least one); pass "
+            "student_taps=... and teacher_taps=... to pair them",
+        )
+    for tap in s_taps:
+        _shape(s_shapes, tap, "student", "student_taps", 3)
+    for tap in t_taps:
+        _shape(t_shapes, tap, "teacher", "teacher_taps", 3)
+    return s_taps, t_taps
