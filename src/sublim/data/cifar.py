@@ -64,8 +64,12 @@ class _ArrayUnpickler(pickle.Unpickler):
             ) from None
 
 
-def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One batch as (uint8 [n, 3072], int64 [n]), checked."""
+def read_pickled_images(
+    path: Path, what: str = "CIFAR-10 batch", key: bytes = b"labels", classes: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-style pickle as (uint8 [n, 3072] C-contiguous, writable; int64 labels [n]),
+    checked; `key` names the label list (b"fine_labels" for CIFAR-100)."""
+    label = key.decode().replace("_", " ")
     try:
         with open(path, "rb") as f:
             batch = _ArrayUnpickler(f, encoding="bytes").load()
@@ -74,13 +78,15 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except Exception as e:  # a damaged pickle raises nearly anything
         reason = " ".join(str(e).split()) or type(e).__name__
         raise DataError(
-            f"--data-dir: {path} is not a CIFAR-10 batch ({reason}); refusing to load it; {_FIX}"
+            f"--data-dir: {path} is not a {what} ({reason}); refusing to load it; {_FIX}"
         ) from e
     data = batch.get(b"data") if isinstance(batch, dict) else None
-    labels = batch.get(b"labels") if isinstance(batch, dict) else None
+    labels = batch.get(key) if isinstance(batch, dict) else None
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
-        what = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise DataError(f"--data-dir: {path} has data {what}, not uint8 [N, 3072] images; {_FIX}")
+        what_ = (
+            f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        )
+        raise DataError(f"--data-dir: {path} has data {what_}, not uint8 [N, 3072] images; {_FIX}")
     if data.shape[1] != 3 * 32 * 32:
         raise DataError(
             f"--data-dir: {path} has images of {data.shape[1]} bytes, not 3072 (3x32x32); {_FIX}"
@@ -91,12 +97,14 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         y = np.empty((0, 0))
     if y.ndim != 1 or len(y) != len(data) or (len(y) and y.dtype.kind not in "iu"):
         raise DataError(
-            f"--data-dir: {path} has {len(data)} images but its labels are not a list of "
-            f"{len(data)} integers; {_FIX}"
+            f"--data-dir: {path} has {len(data)} images but its {key.decode()} are not a list "
+            f"of {len(data)} integers; {_FIX}"
         )
-    if len(y) and (y.min() < 0 or y.max() > 9):
-        raise DataError(f"--data-dir: {path} has labels {y.min()}..{y.max()}, outside 0..9; {_FIX}")
-    return data, y.astype(np.int64)
+    if len(y) and (y.min() < 0 or y.max() >= classes):
+        raise DataError(
+            f"--data-dir: {path} has {label} {y.min()}..{y.max()}, outside 0..{classes - 1}; {_FIX}"
+        )
+    return np.require(data, requirements="CW"), y.astype(np.int64)
 
 
 def _find(dirs: Sequence[Path], name: str) -> Path | None:
@@ -218,7 +226,7 @@ def load_cifar10(
     `urls` and `checksum` describe where the archive comes from (tests point them at a local one).
     """
     paths = _locate(Path(data_dir).expanduser(), download, progress, urls, checksum)
-    batches = [_read_batch(p) for p in paths]
+    batches = [read_pickled_images(p) for p in paths]
     train = batches[: len(TRAIN_BATCHES)]
     train_x = np.concatenate([x for x, _ in train])  # a fresh, writable array
     train_y = np.concatenate([y for _, y in train])

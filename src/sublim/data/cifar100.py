@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sublim.data.cifar import _FIX, _ArrayUnpickler, _find, extract_members
+from sublim.data.cifar import _FIX, _find, extract_members, read_pickled_images
 from sublim.data.download import DownloadError, Failure, checksum_mismatch, download_file
 from sublim.errors import DataError
 
@@ -70,40 +70,8 @@ def _obtain(
 
 
 def _read_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One pickle as (uint8 [n, 3072] C-contiguous and writable, fine labels int64 [n]), checked."""
-    try:
-        with open(path, "rb") as f:
-            split = _ArrayUnpickler(f, encoding="bytes").load()
-    except OSError as e:
-        raise DataError(f"--data-dir: cannot read {path}: {e.strerror or e}") from e
-    except Exception as e:  # a damaged pickle raises nearly anything
-        reason = " ".join(str(e).split()) or type(e).__name__
-        raise DataError(
-            f"--data-dir: {path} is not a CIFAR-100 pickle ({reason}); refusing to load it; {_FIX}"
-        ) from e
-    data = split.get(b"data") if isinstance(split, dict) else None
-    labels = split.get(b"fine_labels") if isinstance(split, dict) else None
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
-        what = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise DataError(f"--data-dir: {path} has data {what}, not uint8 [N, 3072] images; {_FIX}")
-    if data.shape[1] != 3 * 32 * 32:
-        raise DataError(
-            f"--data-dir: {path} has images of {data.shape[1]} bytes, not 3072 (3x32x32); {_FIX}"
-        )
-    try:
-        y = np.asarray(labels)
-    except (TypeError, ValueError):  # ragged lists
-        y = np.empty((0, 0))
-    if y.ndim != 1 or len(y) != len(data) or (len(y) and y.dtype.kind not in "iu"):
-        raise DataError(
-            f"--data-dir: {path} has {len(data)} images but its fine_labels are not a list of "
-            f"{len(data)} integers; {_FIX}"
-        )
-    if len(y) and (y.min() < 0 or y.max() >= CIFAR100_CLASSES):
-        raise DataError(
-            f"--data-dir: {path} has fine labels {y.min()}..{y.max()}, outside 0..99; {_FIX}"
-        )
-    return np.require(data, requirements="CW"), y.astype(np.int64)
+    """One pickle as (uint8 [n, 3072], fine labels int64 [n]), checked."""
+    return read_pickled_images(path, "CIFAR-100 pickle", b"fine_labels", CIFAR100_CLASSES)
 
 
 def _missing_error(
