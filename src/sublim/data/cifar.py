@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sublim.data.download import DownloadError, Failure, checksum_mismatch, download_file
+from sublim.data.download import REPLACE_FIX, Failure, obtain_file, why_missing
 from sublim.errors import DataError
 
 CIFAR10_URLS = ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",)
@@ -32,7 +32,7 @@ CIFAR10_DIR = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 _NAMES = (*TRAIN_BATCHES, TEST_BATCH)
-_FIX = "delete it so it is downloaded again, or replace it with a good copy"
+_FIX = REPLACE_FIX
 
 
 def _latin1_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
@@ -168,14 +168,10 @@ def _missing_error(
     urls: Sequence[str],
     failures: Sequence[Failure] | None,
 ) -> DataError:
-    if failures is None:
-        why = "downloading is disabled"
-    else:
-        why = "download failed (" + "; ".join(f"{f.url}: {f.reason}" for f in failures) + ")"
     return DataError(
         f"CIFAR-10: cannot find {', '.join(missing)} in {', '.join(str(d) for d in dirs)} "
-        f"nor {CIFAR10_ARCHIVE} in {data_dir}; {why}; fetch {CIFAR10_ARCHIVE} from "
-        f"{' or '.join(urls)} into --data-dir {data_dir}"
+        f"nor {CIFAR10_ARCHIVE} in {data_dir}; {why_missing(failures)}; fetch {CIFAR10_ARCHIVE} "
+        f"from {' or '.join(urls)} into --data-dir {data_dir}"
     )
 
 
@@ -192,23 +188,14 @@ def _locate(
     missing = [name for name, path in found.items() if path is None]
     if missing:
         archive = data_dir / CIFAR10_ARCHIVE
-        if archive.is_file():
-            try:
-                mismatch = checksum_mismatch(archive, checksum)
-            except OSError as e:
-                raise DataError(f"--data-dir: cannot read {archive}: {e.strerror or e}") from e
-            if mismatch is not None:
-                raise DataError(
-                    f"--data-dir: {archive} fails its checksum (expected {mismatch[0]}, "
-                    f"got {mismatch[1]}); {_FIX}"
-                )
-        elif not download:
-            raise _missing_error(missing, dirs, data_dir, urls, None)
-        else:
-            try:
-                download_file(urls, archive, checksum, progress)
-            except DownloadError as e:
-                raise _missing_error(missing, dirs, data_dir, urls, e.failures) from e
+        obtain_file(
+            archive,
+            urls,
+            checksum,
+            download,
+            progress,
+            lambda failures: _missing_error(missing, dirs, data_dir, urls, failures),
+        )
         extract_members(archive, missing, dirs[0])
         found.update({name: dirs[0] / name for name in missing})
     return [found[name] for name in _NAMES]  # type: ignore[misc]

@@ -5,19 +5,18 @@ are extracted from `cifar-100-python.tar.gz` (downloaded and verified when allow
 for CIFAR-10. They are read with CIFAR-10's restricted unpickler, which only builds numpy arrays,
 so a tampered file cannot run code.
 
-`_obtain` and `_why` are shared with the SVHN and TinyImageNet loaders.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from sublim.data.cifar import _FIX, _find, extract_members, read_pickled_images
-from sublim.data.download import DownloadError, Failure, checksum_mismatch, download_file
+from sublim.data.cifar import _find, extract_members, read_pickled_images
+from sublim.data.download import Failure, obtain_file, why_missing
 from sublim.errors import DataError
 
 CIFAR100_URLS = ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",)
@@ -28,45 +27,6 @@ CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 CIFAR100_CLASSES = 100
 CIFAR100_DIR = "cifar-100-python"
 _NAMES = ("train", "test")
-
-
-def _why(failures: Sequence[Failure] | None) -> str:
-    """Why a file is missing: downloading disabled (None) or each mirror's failure."""
-    if failures is None:
-        return "downloading is disabled"
-    return "download failed (" + "; ".join(f"{f.url}: {f.reason}" for f in failures) + ")"
-
-
-def _obtain(
-    path: Path,
-    urls: Sequence[str],
-    checksum: str | Sequence[str] | None,
-    download: bool,
-    progress: bool,
-    missing: Callable[[Sequence[Failure] | None], DataError],
-) -> None:
-    """Make sure `path` holds a file matching `checksum`: verify a present copy, else download it.
-
-    When the file can be neither found nor downloaded, raises `missing(None)` (downloading is
-    disabled) or `missing(failures)` (every mirror failed), so each dataset words its own hint.
-    """
-    if path.is_file():
-        try:
-            mismatch = checksum_mismatch(path, checksum)
-        except OSError as e:
-            raise DataError(f"--data-dir: cannot read {path}: {e.strerror or e}") from e
-        if mismatch is not None:
-            raise DataError(
-                f"--data-dir: {path} fails its checksum (expected {mismatch[0]}, "
-                f"got {mismatch[1]}); {_FIX}"
-            )
-    elif not download:
-        raise missing(None)
-    else:
-        try:
-            download_file(urls, path, checksum, progress)
-        except DownloadError as e:
-            raise missing(e.failures) from e
 
 
 def _read_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -83,7 +43,7 @@ def _missing_error(
 ) -> DataError:
     return DataError(
         f"CIFAR-100: cannot find {', '.join(missing)} in {', '.join(str(d) for d in dirs)} "
-        f"nor {CIFAR100_ARCHIVE} in {data_dir}; {_why(failures)}; fetch {CIFAR100_ARCHIVE} "
+        f"nor {CIFAR100_ARCHIVE} in {data_dir}; {why_missing(failures)}; fetch {CIFAR100_ARCHIVE} "
         f"from {' or '.join(urls)} into --data-dir {data_dir}"
     )
 
@@ -105,7 +65,7 @@ def load_cifar100(
     missing = [name for name, path in found.items() if path is None]
     if missing:
         archive = data_dir / CIFAR100_ARCHIVE
-        _obtain(
+        obtain_file(
             archive,
             urls,
             checksum,

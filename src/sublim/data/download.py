@@ -13,7 +13,7 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,3 +173,45 @@ def download_file(
         f"download it by hand and put it at {dest}",
         failures,
     )
+
+
+REPLACE_FIX = "delete it so it is downloaded again, or replace it with a good copy"
+
+
+def why_missing(failures: Sequence[Failure] | None) -> str:
+    """Why a file is missing: downloading disabled (None) or each mirror's failure."""
+    if failures is None:
+        return "downloading is disabled"
+    return "download failed (" + "; ".join(f"{f.url}: {f.reason}" for f in failures) + ")"
+
+
+def obtain_file(
+    path: Path,
+    urls: Sequence[str],
+    checksum: str | Sequence[str] | None,
+    download: bool,
+    progress: bool,
+    missing: Callable[[Sequence[Failure] | None], DataError],
+) -> None:
+    """Make sure `path` holds a file matching `checksum`: verify a present copy, else download it.
+
+    When the file can be neither found nor downloaded, raises `missing(None)` (downloading is
+    disabled) or `missing(failures)` (every mirror failed), so each dataset words its own hint.
+    """
+    if path.is_file():
+        try:
+            mismatch = checksum_mismatch(path, checksum)
+        except OSError as e:
+            raise DataError(f"--data-dir: cannot read {path}: {e.strerror or e}") from e
+        if mismatch is not None:
+            raise DataError(
+                f"--data-dir: {path} fails its checksum (expected {mismatch[0]}, "
+                f"got {mismatch[1]}); {REPLACE_FIX}"
+            )
+    elif not download:
+        raise missing(None)
+    else:
+        try:
+            download_file(urls, path, checksum, progress)
+        except DownloadError as e:
+            raise missing(e.failures) from e

@@ -20,8 +20,7 @@ import numpy as np
 import torch
 
 from sublim.data.cifar import _FIX, _find
-from sublim.data.cifar100 import _obtain, _why
-from sublim.data.download import Failure
+from sublim.data.download import Failure, obtain_file, why_missing
 from sublim.errors import DataError
 
 SVHN_URLS = ("http://ufldl.stanford.edu/housenumbers/",)  # mirror folders; file names appended
@@ -285,14 +284,14 @@ def load_svhn(
         fetch = "; ".join(f"{n} from {' or '.join(sources[n])}" for n in missing)
         return DataError(
             f"SVHN: cannot find {', '.join(missing)} in {', '.join(str(d) for d in dirs)}; "
-            f"{_why(failures)}; fetch {fetch} into --data-dir {data_dir}"
+            f"{why_missing(failures)}; fetch {fetch} into --data-dir {data_dir}"
         )
 
     if missing and not download:
         raise error(None)
     paths = {name: found[name] or data_dir / name for name in names}
     for name in names:
-        _obtain(paths[name], sources[name], checksums.get(name), download, progress, error)
+        obtain_file(paths[name], sources[name], checksums.get(name), download, progress, error)
     train_parts = [_read_svhn(paths[SVHN_TRAIN])]
     if extra:
         train_parts.append(_read_svhn(paths[SVHN_EXTRA]))

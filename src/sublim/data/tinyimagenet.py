@@ -23,8 +23,7 @@ import numpy as np
 import torch
 
 from sublim.data.cifar import _FIX
-from sublim.data.cifar100 import _obtain, _why
-from sublim.data.download import Failure
+from sublim.data.download import Failure, obtain_file, why_missing
 from sublim.data.folders import _SHOWN, _decode, _default_warn, _reason
 from sublim.errors import DataError
 
@@ -259,11 +258,11 @@ def load_tinyimagenet(
             return DataError(
                 f"TinyImageNet: cannot find {_WNIDS} and {_ANNOTATIONS} in "
                 f"{', '.join(str(d) for d in dirs)} nor {TINYIMAGENET_ARCHIVE} in {data_dir}; "
-                f"{_why(failures)}; fetch {TINYIMAGENET_ARCHIVE} from {' or '.join(urls)} "
+                f"{why_missing(failures)}; fetch {TINYIMAGENET_ARCHIVE} from {' or '.join(urls)} "
                 f"into --data-dir {data_dir}"
             )
 
-        _obtain(archive, urls, checksum, download, progress, missing)
+        obtain_file(archive, urls, checksum, download, progress, missing)
         _extract(archive, data_dir)
         root = dirs[0]
     wnids = _read_wnids(root)
