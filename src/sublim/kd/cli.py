@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from ..cli import parse_float, parse_int
 from ..errors import ConfigError, UserError
 
 RECIPE_DEFAULTS = {
@@ -132,20 +133,6 @@ _HELP = {
 }
 
 
-def _int(flag: str, text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ConfigError(flag, text, "expected an integer") from None
-
-
-def _float(flag: str, text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ConfigError(flag, text, "expected a number") from None
-
-
 def config_from_args(ns: argparse.Namespace) -> Any:
     """A KDConfig from parsed flags (one-line errors naming the flag)."""
     from .config import KDConfig
@@ -155,18 +142,18 @@ def config_from_args(ns: argparse.Namespace) -> Any:
         "data_dir": ns.data_dir,
         "outdir": ns.outdir,
         "device": ns.device.strip().lower(),
-        "seed": _int("--seed", ns.seed),
-        "train_limit": _int("--train-limit", ns.train_limit),
-        "epochs": _int("--epochs", ns.epochs),
-        "batch_size": _int("--batch-size", ns.batch_size),
-        "lr": _float("--lr", ns.lr),
-        "momentum": _float("--momentum", ns.momentum),
-        "weight_decay": _float("--weight-decay", ns.weight_decay),
+        "seed": parse_int("--seed", ns.seed),
+        "train_limit": parse_int("--train-limit", ns.train_limit),
+        "epochs": parse_int("--epochs", ns.epochs),
+        "batch_size": parse_int("--batch-size", ns.batch_size),
+        "lr": parse_float("--lr", ns.lr),
+        "momentum": parse_float("--momentum", ns.momentum),
+        "weight_decay": parse_float("--weight-decay", ns.weight_decay),
         "schedule": ns.schedule.strip().lower(),
-        "milestones": tuple(_int("--milestones", m) for m in ns.milestones.split(",") if m),
-        "gamma": _float("--gamma", ns.gamma),
-        "warmup_epochs": _int("--warmup-epochs", ns.warmup_epochs),
-        "label_smoothing": _float("--label-smoothing", ns.label_smoothing),
+        "milestones": tuple(parse_int("--milestones", m) for m in ns.milestones.split(",") if m),
+        "gamma": parse_float("--gamma", ns.gamma),
+        "warmup_epochs": parse_int("--warmup-epochs", ns.warmup_epochs),
+        "label_smoothing": parse_float("--label-smoothing", ns.label_smoothing),
         "augment": ns.augment,
         "nesterov": ns.nesterov,
         "amp": ns.amp,
@@ -184,8 +171,8 @@ def config_from_args(ns: argparse.Namespace) -> Any:
         teacher=ns.teacher,
         method=ns.method.strip().lower(),
         method_params=params,
-        alpha=None if ns.alpha is None else _float("--alpha", ns.alpha),
-        init_epochs=None if ns.init_epochs is None else _int("--init-epochs", ns.init_epochs),
+        alpha=None if ns.alpha is None else parse_float("--alpha", ns.alpha),
+        init_epochs=None if ns.init_epochs is None else parse_int("--init-epochs", ns.init_epochs),
         teacher_checkpoint_path=ns.teacher_checkpoint,
         **kw,
     )
