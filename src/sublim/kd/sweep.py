@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..sweep.spec import SpecError, parse_seeds, tomllib
+from ..sweep.spec import SpecError, parse_seeds, read_toml
 from .config import KDConfig
 from .experiment import Experiment, experiment_dir
 
@@ -72,12 +72,7 @@ def _check(table: dict[str, Any], where: str) -> None:
 def load_plan(path: str | Path, outdir: str, seeds: str | None = None) -> KDPlan:
     """Read and validate a spec; every experiment is built (validated) before anything runs."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError(f"{path}: not valid TOML ({exc})") from None
+    data = read_toml(path)
     unknown = [k for k in data if k not in TOP_KEYS]
     if unknown:
         raise SpecError(f"{path}: {unknown[0]}: unknown key; allowed: {', '.join(TOP_KEYS)}")

@@ -232,16 +232,21 @@ def _check_keys(table: Mapping[str, Any], where: str, allow_perturb_fields: bool
             )
 
 
-def load_spec(path: str | Path) -> SweepSpec:
-    """Read and validate a TOML sweep spec; every config it expands to is validated too."""
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A spec file's TOML as a dict; SpecError naming the file when unreadable or invalid."""
     p = Path(path)
     try:
-        data = tomllib.loads(p.read_text())
+        return tomllib.loads(p.read_text())
     except OSError as exc:
         raise SpecError(f"{p}: cannot read the spec ({exc.strerror or exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{p}: not valid TOML ({exc})") from None
-    return parse_spec(data, str(p), default_name=p.stem)
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and validate a TOML sweep spec; every config it expands to is validated too."""
+    p = Path(path)
+    return parse_spec(read_toml(p), str(p), default_name=p.stem)
 
 
 def parse_spec(
