@@ -165,12 +165,17 @@ def config_from_args(ns: argparse.Namespace) -> Any:
         params = json.loads(ns.method_params)
     except json.JSONDecodeError as exc:
         raise ConfigError("--method-params", ns.method_params, f"not JSON ({exc.msg})") from None
+    from .losses import explicit_params
+
+    method = ns.method.strip().lower()
+    if not isinstance(params, dict):
+        raise ConfigError("--method-params", ns.method_params, "expected a JSON object")
     return KDConfig(
         role="student",
         model=ns.student,
         teacher=ns.teacher,
-        method=ns.method.strip().lower(),
-        method_params=params,
+        method=method,
+        method_params=explicit_params(method, params),
         alpha=None if ns.alpha is None else parse_float("--alpha", ns.alpha),
         init_epochs=None if ns.init_epochs is None else parse_int("--init-epochs", ns.init_epochs),
         teacher_checkpoint_path=ns.teacher_checkpoint,

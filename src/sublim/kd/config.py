@@ -9,7 +9,6 @@ epochs, batch size, label smoothing, augmentation, mixed precision and channels_
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -34,6 +33,27 @@ SCHEDULES = ("cosine", "multistep")
 DIGITS = ("svhn", "mnist", "kmnist")  # no horizontal flips by default
 FLOAT_FIELDS = ("lr", "momentum", "weight_decay", "gamma", "label_smoothing", "alpha")
 ROLES = ("teacher", "student")
+# The names kd.models and kd.losses register (they check at import that they match), so that
+# validating a config needs neither torch nor the model code.
+MODEL_NAMES = (
+    "resnet8",
+    "resnet14",
+    "resnet20",
+    "resnet32",
+    "resnet44",
+    "resnet56",
+    "resnet110",
+    "resnet112",
+    "resnet8x4",
+    "resnet32x4",
+    "wrn_16_2",
+    "wrn_40_1",
+    "wrn_40_2",
+    "vgg8",
+    "vgg13",
+    "mobilenetv2",
+)
+METHOD_NAMES = ("kd", "logit_std", "fitnets", "at", "ft", "rkd", "nst", "sp", "dkd", "simkd")
 # Fields that never change results: where to read and write, and how to show progress.
 NON_RESULT = frozenset({"data_dir", "outdir", "device", "teacher_checkpoint_path"})
 
@@ -100,21 +120,18 @@ class KDConfig:
         self._validate()
 
     def _validate(self) -> None:
-        from .losses import METHODS
-        from .models import MODELS
-
         if self.role not in ROLES:
             raise ConfigError("role", self.role, f"allowed: {', '.join(ROLES)}")
         if self.dataset not in KD_DATASETS:
             raise ConfigError("--dataset", self.dataset, f"allowed: {', '.join(KD_DATASETS)}")
-        if self.model not in MODELS:
+        if self.model not in MODEL_NAMES:
             flag = "--model" if self.role == "teacher" else "--student"
-            raise ConfigError(flag, self.model, f"allowed: {', '.join(MODELS)}")
+            raise ConfigError(flag, self.model, f"allowed: {', '.join(MODEL_NAMES)}")
         if self.role == "student":
-            if self.teacher not in MODELS:
-                raise ConfigError("--teacher", self.teacher, f"allowed: {', '.join(MODELS)}")
-            if self.method not in ("none", *METHODS):
-                allowed = ", ".join(("none", *sorted(METHODS)))
+            if self.teacher not in MODEL_NAMES:
+                raise ConfigError("--teacher", self.teacher, f"allowed: {', '.join(MODEL_NAMES)}")
+            if self.method not in ("none", *METHOD_NAMES):
+                allowed = ", ".join(("none", *sorted(METHOD_NAMES)))
                 raise ConfigError("--method", self.method, f"allowed: {allowed}")
         elif self.method != "none" or self.teacher is not None:
             raise ConfigError("--method", self.method, "a teacher is trained without distillation")
@@ -193,7 +210,6 @@ class KDConfig:
         d = {k: v for k, v in self.to_dict().items() if k not in NON_RESULT}
         d["augment"] = canonical_augment(self.augmentation)
         d["init_epochs"] = self.init_stage
-        d["method_params"] = _explicit_params(self.method, self.method_params)
         if self.schedule != "multistep":
             d.pop("milestones")
             d.pop("gamma")
@@ -228,21 +244,6 @@ class KDConfig:
             t = (epoch - self.warmup_epochs) / max(1, self.epochs - self.warmup_epochs)
             return 0.5 * self.lr * (1 + math.cos(math.pi * t))
         return self.lr * self.gamma ** sum(epoch >= m for m in self.milestones)
-
-
-def _explicit_params(method: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Method parameters without those equal to the method's defaults (canonical hashing)."""
-    from .losses import METHODS
-
-    cls = METHODS.get(method)
-    if cls is None:
-        return dict(params)
-    defaults = {
-        n: p.default
-        for n, p in inspect.signature(cls.__init__).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
-    return {k: v for k, v in params.items() if k not in defaults or defaults[k] != v}
 
 
 def _int(name: str, value: Any, minimum: int) -> None:

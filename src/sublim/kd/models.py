@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .config import MODEL_NAMES
+
 __all__ = [
     "MODELS",
     "CifarResNet",
@@ -490,6 +492,10 @@ MODELS: dict[str, Callable[[int], TapNet]] = {
     "vgg13": partial(VGG, VGG_CFGS["vgg13"]),
     "mobilenetv2": partial(MobileNetV2, 6, 0.5),  # RepDistiller's `mobile_half`
 }
+
+
+if tuple(MODELS) != MODEL_NAMES:  # the config validates names without importing this module
+    raise ImportError("kd.models.MODELS and kd.config.MODEL_NAMES disagree")
 
 
 def create_model(

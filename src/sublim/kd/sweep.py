@@ -127,6 +127,10 @@ _STUDENT_ONLY = ("method", "method_params", "alpha", "init_epochs")
 def _build(where: str, **kw: Any) -> KDConfig:
     if isinstance(kw.get("milestones"), list):
         kw["milestones"] = tuple(kw["milestones"])
+    if isinstance(kw.get("method_params"), dict):
+        from .losses import explicit_params
+
+        kw["method_params"] = explicit_params(str(kw.get("method")), kw["method_params"])
     try:
         return KDConfig(**kw)
     except UserError as exc:

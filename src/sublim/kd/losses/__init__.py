@@ -31,6 +31,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from ..config import METHOD_NAMES
 from .base import Distiller, DistillerConfigError, Shapes, Taps
 from .features import AT, FT, ConvReg, FitNets, Paraphraser, attention_map
 from .logits import DKD, KD, LogitStd, zscore
@@ -58,6 +59,7 @@ __all__ = [
     "attention_map",
     "combine",
     "create_distiller",
+    "explicit_params",
     "pairwise_distances",
     "similarity_matrix",
     "triplet_cosines",
@@ -71,6 +73,22 @@ __all__ = [
 METHODS: dict[str, type[Distiller]] = {
     cls.name: cls for cls in (KD, LogitStd, FitNets, AT, FT, RKD, NST, SP, DKD, SimKD)
 }
+if tuple(METHODS) != METHOD_NAMES:  # the config validates names without importing this package
+    raise ImportError("kd.losses.METHODS and kd.config.METHOD_NAMES disagree")
+
+
+def explicit_params(method: str, params: Mapping[str, object]) -> dict[str, object]:
+    """`params` without those equal to the method's defaults, so that spelling a default out
+    does not make a second experiment (the CLI and sweep specs pass configs through this)."""
+    cls = METHODS.get(method)
+    if cls is None:
+        return dict(params)
+    defaults = {
+        n: p.default
+        for n, p in inspect.signature(cls.__init__).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    return {k: v for k, v in params.items() if k not in defaults or defaults[k] != v}
 
 
 def _parameters(cls: type[Distiller]) -> list[str]:
