@@ -125,17 +125,17 @@ def _stage_params(config: KDConfig, models: Models, stage: str) -> list[torch.nn
 @torch.no_grad()
 def evaluate(
     models: Models,
-    data: KDData,
+    x_all: torch.Tensor,
+    y_all: torch.Tensor,
     norm: Normalizer,
-    device: torch.device,
     amp: bool,
     bsize: int = 1000,
 ) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of the student on the test set."""
+    """(mean cross-entropy, accuracy) of the student on the test set (already on the device)."""
     models.student.eval()
     if models.distiller is not None:
         models.distiller.eval()
-    x_all, y_all = data.test_x.to(device), data.test_y.to(device)
+    device = x_all.device
     loss = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device)
     for i in range(0, x_all.shape[0], bsize):
@@ -191,6 +191,7 @@ def train(
         if resume.get("cuda_rng") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(resume["cuda_rng"])
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
+    test_x, test_y = data.test_x.to(device), data.test_y.to(device)  # moved once, not per epoch
     n, bs = train_x.shape[0], config.batch_size
     steps = (n + bs - 1) // bs
     total_epochs = config.init_stage + config.epochs
@@ -216,7 +217,7 @@ def train(
             loss_sum, correct = _epoch(
                 config, models, opt, scaler, norm, augment, train_x, train_y, e, stage, amp, bar
             )
-            test_loss, test_acc = evaluate(models, data, norm, device, amp)
+            test_loss, test_acc = evaluate(models, test_x, test_y, norm, amp)
             for key, value in zip(
                 HISTORY_KEYS,
                 (e + 1, stage, lr, loss_sum / n, correct / n, test_loss, test_acc),
