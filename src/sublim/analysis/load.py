@@ -15,11 +15,13 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Iterable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from ..config import ExperimentConfig
 from ..errors import UserError
 from ..records import LAYER_METRIC_VALUES
 from ..store.schema import LAYER_METRICS_COLUMNS, PERTURBATION_COLUMNS, RUNS_COLUMNS
@@ -61,25 +63,19 @@ TEXT_COLUMNS = frozenset(
 # Columns written by sublim as numbers: a value there that does not parse marks a damaged row.
 _NUMERIC_SUFFIXES = ("_acc", "_loss", "_seconds", "_parameters", "_seed", "_norm", "_rel")
 _NUMERIC_PREFIXES = ("cos_", "rel_fro_", "diff_norm_", "weight_", "bias_")
+_NUMERIC_CONFIG = {  # the config's numeric settings, written as runs.csv columns
+    f.name
+    for f in fields(ExperimentConfig)
+    if isinstance(f.default, int | float) and not isinstance(f.default, bool)
+}
 _NUMERIC_NAMES = frozenset(
     {
+        *_NUMERIC_CONFIG,
         "schema_version",
-        "seed",
         "rng_base",
         "train_size",
         "test_size",
         "num_classes",
-        "m",
-        "teacher_epochs",
-        "student_epochs",
-        "data_bsize",
-        "noise_bsize",
-        "noise_steps",
-        "teacher_lr",
-        "student_lr",
-        "perlin_res",
-        "eval_noise_batches",
-        "eval_noise_bsize",
         "teacher_train_loss_last",
         "student_train_aux_loss_last",
         "base_num_classes",
