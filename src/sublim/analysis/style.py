@@ -23,9 +23,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 FORMATS = ("png", "svg", "pdf")
 DPI = 200
-# Single-column and full-width figure widths of a two-column paper, in inches.
-COLUMN_WIDTH = 3.4
-PAGE_WIDTH = 7.0
+PAGE_WIDTH = 7.0  # full width of a two-column paper, in inches
 
 PAPER_RC = {
     "font.size": 8,

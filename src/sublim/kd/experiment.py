@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -68,12 +67,6 @@ class Experiment:
         text = json.dumps(data, indent=1, sort_keys=True, default=str) + "\n"
         atomic_write_bytes(self.dir / name, text.encode())
 
-    def _read_json(self, name: str) -> dict[str, Any] | None:
-        try:
-            return json.loads((self.dir / name).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-
     def status(self) -> dict[str, Any]:
         """The status record ({"status": "not_started"} when there is none)."""
         return self.read_status(self.dir / "status.json")
@@ -99,9 +92,6 @@ class Experiment:
     def write_metrics(self, history: dict[str, list[float]]) -> None:
         self._write_json("metrics.json", history)
 
-    def metrics(self) -> dict[str, list[float]]:
-        return self._read_json("metrics.json") or {}
-
     # ------------------------------------------------------------------ checkpoints
     def save(self, name: str, state: dict[str, Any]) -> None:
         """torch.save `state` to `name` atomically (temp file, fsync, rename)."""
@@ -115,16 +105,3 @@ class Experiment:
         if not path.exists():
             return None
         return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def read_status_files(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """status.json + config.json of every experiment below `root` (for reports)."""
-    out = []
-    for path in sorted(Path(root).rglob("status.json")):
-        try:
-            status = json.loads(path.read_text())
-            config = json.loads((path.parent / "config.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        out.append({"dir": str(path.parent), **status, "config": config})
-    return out
