@@ -16,7 +16,7 @@ import pandas as pd
 
 from sublim import ExperimentConfig, run
 from sublim.analysis import summarize
-from sublim.presets import PRESETS
+from sublim.config.presets import PRESETS
 from sublim.store import RunStore
 
 CONDITIONS = {"shared_init": "all:A", "cross_model": "all:B"}

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sublim import ExperimentConfig
-from sublim.augmentspec import canonical, parse_augment
+from sublim.config.augmentspec import canonical, parse_augment
 from sublim.engine.augment import Augmenter
 from sublim.engine.teacher import teacher_key
 from sublim.errors import ConfigError

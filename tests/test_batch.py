@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sublim import ExperimentConfig, run
+from sublim.config.perturbspec import parse_shorthand
 from sublim.engine.batch import plan_stacks, run_group, slot_key
-from sublim.perturbspec import parse_shorthand
 
 BASE = ExperimentConfig(
     classes=(0, 1, 2),

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from sublim import ExperimentConfig, run
+from sublim.config.perturbspec import PerturbSpec
 from sublim.engine.checkpoint import load_model, load_teacher_checkpoint
 from sublim.errors import ConfigError
-from sublim.perturbspec import PerturbSpec
 from sublim.store import RunStore
 
 TINY = dict(

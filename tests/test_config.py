@@ -7,9 +7,9 @@ import json
 import pytest
 
 from sublim.config import ExperimentConfig
+from sublim.config.layerconf import parse_bool, resolve_init, resolve_trainable
+from sublim.config.perturbspec import PerturbSpec, parse_json, parse_shorthand
 from sublim.errors import ConfigError
-from sublim.layerconf import parse_bool, resolve_init, resolve_trainable
-from sublim.perturbspec import PerturbSpec, parse_json, parse_shorthand
 
 NAMES = ["fc1", "fc2", "class_head", "aux_head"]
 

@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from sublim.config import ExperimentConfig
+from sublim.config.perturbspec import parse_shorthand
 from sublim.engine import run
 from sublim.engine.losses import get_loss
 from sublim.engine.metrics import compare, layer_rows
 from sublim.engine.perturb import apply_perturbations
 from sublim.models import build_model
-from sublim.perturbspec import parse_shorthand
 
 TINY = dict(
     teacher_epochs=1,

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from sublim import ExperimentConfig, run
+from sublim.config.presets import PRESETS
 from sublim.engine.train import noise_pool, student_steps
 from sublim.errors import ConfigError
 from sublim.models import build_model
-from sublim.presets import PRESETS
 from sublim.sweep.spec import SpecError, parse_spec
 
 TINY = dict(

@@ -21,9 +21,9 @@ from .config import (
     NOISE_DISTS,
     ExperimentConfig,
 )
+from .config.perturbspec import TIMINGS, parse_json, parse_shorthand
+from .config.presets import PRESETS, preset
 from .errors import ConfigError, UserError
-from .perturbspec import TIMINGS, parse_json, parse_shorthand
-from .presets import PRESETS, preset
 
 PROG = "sublim"
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import seeds
-from ..augmentspec import parse_augment
+from ..config.augmentspec import parse_augment
 
 
 class Augmenter:

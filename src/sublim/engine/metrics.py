@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from ..archspec import SINGLE_HEAD
+from ..config.archspec import SINGLE_HEAD
 from ..records import LAYER_METRIC_VALUES
 
 Snapshot = dict[str, dict[str, torch.Tensor | None]]

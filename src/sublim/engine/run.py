@@ -24,12 +24,12 @@ from typing import Any
 import torch
 
 from .. import seeds
-from ..augmentspec import canonical as canonical_augment
 from ..config import ExperimentConfig
+from ..config.augmentspec import canonical as canonical_augment
+from ..config.perturbspec import TIMINGS
 from ..data.datasets import ImageData, load_dataset, select_classes
 from ..errors import ConfigError
 from ..models import SplitHeadNet, build_model, model_seed, parameter_counts
-from ..perturbspec import TIMINGS
 from ..records import RunRecord, compact_aliases
 from .metrics import COMPARISONS, layer_rows, snapshot
 from .perturb import apply_perturbations

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from ..augmentspec import canonical as canonical_augment
 from ..config import ExperimentConfig
+from ..config.augmentspec import canonical as canonical_augment
 from ..data.datasets import ImageData
 from ..models import SplitHeadNet, build_model
 from .metrics import Snapshot, snapshot

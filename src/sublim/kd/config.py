@@ -14,8 +14,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from ..augmentspec import canonical as canonical_augment
-from ..augmentspec import parse_augment
+from ..config.augmentspec import canonical as canonical_augment
+from ..config.augmentspec import parse_augment
 from ..errors import ConfigError
 
 KD_DATASETS: dict[str, tuple[int, tuple[int, int, int]]] = {  # classes, input shape

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from .. import seeds
-from ..archspec import SINGLE_HEAD
 from ..config import ExperimentConfig
+from ..config.archspec import SINGLE_HEAD
 from .net import SplitHeadNet, mlp_spec
 
 ROLES = ("teacher", "student")

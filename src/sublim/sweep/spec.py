@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ExperimentConfig
+from ..config.presets import preset
 from ..errors import ConfigError, UserError
-from ..presets import preset
 
 if sys.version_info >= (3, 11):
     import tomllib

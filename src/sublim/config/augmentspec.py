@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 FLAG = "--augment"
 # key -> (converter, minimum, maximum)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 INIT_SOURCES = ("A", "B", "random")
 _TRUE = {"true", "1", "yes", "y", "t"}

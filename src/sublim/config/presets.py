@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The MNIST experiment of the original subliminal-learning paper (Cloud et al., 2025) as in

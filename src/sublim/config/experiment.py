@@ -15,10 +15,10 @@ from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from typing import Any
 
+from ..errors import ConfigError
 from . import archspec
 from .augmentspec import canonical as canonical_augment
 from .augmentspec import parse_augment
-from .errors import ConfigError
 from .layerconf import resolve_init, resolve_trainable
 from .perturbspec import PerturbSpec
 

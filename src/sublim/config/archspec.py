@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 ACTIVATIONS = ("relu", "gelu", "tanh", "sigmoid", "none")
 _ACTIVATION_ALIASES = {"identity": "none", "linear": "none", "null": "none", "": "none"}
