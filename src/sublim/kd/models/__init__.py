@@ -1,0 +1,100 @@
+"""CIFAR-style classifiers with named feature taps, as in the standard CIFAR KD benchmark.
+
+The definitions follow RepDistiller / CRD (Tian et al., also used by mdistiller) layer for layer:
+same widths, strides, shortcuts and parameter counts, and the same initialisation. Module names
+match RepDistiller's too, so a RepDistiller state dict loads after renaming its classifier keys
+(`fc.` for ResNets and WRNs, `classifier.0.` for MobileNetV2) to `classifier.`.
+
+Every model is a `TapNet`: `forward(x, taps)` returns a dict with "logits" and the requested
+intermediate outputs ("taps"), named uniformly across families so that a distillation loss reads
+a feature by name, never by position or channel count:
+
+- "stem": output of the stem (after its ReLU where it has one),
+- "stageK": output of stage K, post-activation (K = 1..3, or 1..4 for VGG and MobileNetV2),
+- "stageK_pre": the same output before its final activation, where there is one,
+- "pool": the flattened globally pooled feature the classifier reads, shape (D,),
+- "logits".
+
+Taps are references to tensors the forward computes anyway; requesting them costs nothing.
+
+Departure from RepDistiller: pooling before the classifier is a global average pool. At 32x32 it
+equals RepDistiller's fixed-size pools exactly; unlike them it also works for 64x64 inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import torch
+from torch import nn
+
+from ..config import MODEL_NAMES
+from .base import TapNet
+from .mobilenet import MobileNetV2
+from .resnet import CifarResNet
+from .vgg import VGG, VGG_CFGS
+from .wrn import WideResNet
+
+__all__ = [
+    "MODELS",
+    "CifarResNet",
+    "MobileNetV2",
+    "TapNet",
+    "VGG",
+    "WideResNet",
+    "create_model",
+    "parameter_count",
+]
+
+_SMALL = (16, 16, 32, 64)
+_X4 = (32, 64, 128, 256)
+
+MODELS: dict[str, Callable[[int], TapNet]] = {
+    "resnet8": partial(CifarResNet, 8, _SMALL),
+    "resnet14": partial(CifarResNet, 14, _SMALL),
+    "resnet20": partial(CifarResNet, 20, _SMALL),
+    "resnet32": partial(CifarResNet, 32, _SMALL),
+    "resnet44": partial(CifarResNet, 44, _SMALL),
+    "resnet56": partial(CifarResNet, 56, _SMALL),
+    "resnet110": partial(CifarResNet, 110, _SMALL),
+    # The experiment notes' "ResNet-112" (18 blocks per stage, 16/32/64 channels) is this same
+    # network: 6 * 18 + 2 = 110 weighted layers. The alias keeps their name usable.
+    "resnet112": partial(CifarResNet, 110, _SMALL),
+    "resnet8x4": partial(CifarResNet, 8, _X4),
+    "resnet32x4": partial(CifarResNet, 32, _X4),
+    "wrn_16_2": partial(WideResNet, 16, 2),
+    "wrn_40_1": partial(WideResNet, 40, 1),
+    "wrn_40_2": partial(WideResNet, 40, 2),
+    "vgg8": partial(VGG, VGG_CFGS["vgg8"]),
+    "vgg13": partial(VGG, VGG_CFGS["vgg13"]),
+    "mobilenetv2": partial(MobileNetV2, 6, 0.5),  # RepDistiller's `mobile_half`
+}
+
+
+if tuple(MODELS) != MODEL_NAMES:  # the config validates names without importing this module
+    raise ImportError("kd.models.MODELS and kd.config.MODEL_NAMES disagree")
+
+
+def create_model(
+    name: str, num_classes: int = 100, *, generator: torch.Generator | None = None
+) -> TapNet:
+    """Build model `name` for `num_classes` classes with RepDistiller's initialisation.
+
+    With a `generator`, every initial value is drawn from it and the global RNG is left alone
+    (the modules are built on the meta device, then materialised and initialised).
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose from: {', '.join(MODELS)}")
+    if generator is None:
+        return MODELS[name](num_classes)
+    with torch.device("meta"):
+        model = MODELS[name](num_classes)
+    model.to_empty(device="cpu")
+    model.reset_parameters(generator)
+    return model
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Number of parameter elements (trainable or not; shared parameters counted once)."""
+    return sum(p.numel() for p in model.parameters())

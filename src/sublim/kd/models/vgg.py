@@ -1,0 +1,77 @@
+"""VGG with batch norm (RepDistiller vgg.py, the `_bn` variants): five conv blocks, no FC stack.
+
+Taps: stem (block0 after ReLU), stage1_pre, stage1, ..., stage4_pre, stage4, pool. Block K >= 1
+runs on the max-pooled previous output; "stageK_pre" is its last BN output and "stageK" its ReLU.
+As in RepDistiller, the max pool after block 3 is applied only for 64x64 inputs, so at 32x32
+stages 3 and 4 are both 4x4.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import TapNet, _global_pool
+
+VGG_CFGS: dict[str, tuple[tuple[int, ...], ...]] = {
+    "vgg8": ((64,), (128,), (256,), (512,), (512,)),  # RepDistiller cfg "S"
+    "vgg13": ((64, 64), (128, 128), (256, 256), (512, 512), (512, 512)),  # cfg "B"
+}
+
+
+def _vgg_block(widths: Sequence[int], in_channels: int) -> nn.Sequential:
+    """Conv3x3(bias)-BN-ReLU per width, without the last ReLU (the forward applies it)."""
+    layers: list[nn.Module] = []
+    for w in widths:
+        layers += [nn.Conv2d(in_channels, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU()]
+        in_channels = w
+    return nn.Sequential(*layers[:-1])
+
+
+class VGG(TapNet):
+    """VGG-BN for 32x32 (or 64x64) inputs; `cfg` gives each of the five blocks' conv widths."""
+
+    tap_names = (
+        "stem",
+        "stage1_pre",
+        "stage1",
+        "stage2_pre",
+        "stage2",
+        "stage3_pre",
+        "stage3",
+        "stage4_pre",
+        "stage4",
+        "pool",
+    )
+    linear_init = "normal"
+
+    def __init__(self, cfg: Sequence[Sequence[int]], num_classes: int = 100) -> None:
+        super().__init__()
+        in_channels = [3] + [widths[-1] for widths in cfg[:-1]]
+        self.block0, self.block1, self.block2, self.block3, self.block4 = (
+            _vgg_block(w, c) for w, c in zip(cfg, in_channels, strict=True)
+        )
+        self.pool0, self.pool1, self.pool2, self.pool3 = (nn.MaxPool2d(2, 2) for _ in range(4))
+        self.classifier = nn.Linear(cfg[-1][-1], num_classes)
+        self.reset_parameters()
+
+    def _forward_all(self, x: Tensor) -> dict[str, Tensor]:
+        pool3 = self.pool3 if x.shape[2] == 64 else None  # RepDistiller's `if h == 64`
+        x = F.relu(self.block0(x))
+        out = {"stem": x}
+        stages = (
+            (self.pool0, self.block1),
+            (self.pool1, self.block2),
+            (self.pool2, self.block3),
+            (pool3, self.block4),
+        )
+        for k, (pool, block) in enumerate(stages, start=1):
+            pre = block(x if pool is None else pool(x))
+            x = F.relu(pre)
+            out[f"stage{k}_pre"] = pre
+            out[f"stage{k}"] = x
+        out["pool"] = _global_pool(x)
+        out["logits"] = self.classifier(out["pool"])
+        return out

@@ -1,0 +1,90 @@
+"""Wide ResNets (RepDistiller wrn.py): pre-activation blocks, depth = 6n + 4, dropout 0.
+
+Taps: stem (the first conv; no BN-ReLU), stage1_pre, stage1, ..., stage3_pre, stage3, pool.
+"stageK_pre" is the stage's raw residual sum (what RepDistiller returns with preact=False);
+"stageK" is relu(BN(stageK_pre)) with the BN that follows: the first BN of the next stage's first
+block (stages 1, 2) or the final BN (stage 3). Both are computed by every forward.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import TapNet, _conv3x3, _global_pool
+from .resnet import CifarResNet
+
+
+class PreActBlock(nn.Module):
+    """BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus shortcut (1x1 conv of the activation if shapes differ)."""
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = _conv3x3(in_planes, out_planes, stride)
+        self.bn2 = nn.BatchNorm2d(out_planes)
+        self.conv2 = _conv3x3(out_planes, out_planes)
+        self.equal_in_out = in_planes == out_planes and stride == 1
+        self.convShortcut: nn.Module | None = None  # RepDistiller's name, for state-dict keys
+        if not self.equal_in_out:
+            self.convShortcut = nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
+
+    def activate(self, x: Tensor) -> Tensor:
+        """The block's pre-activation relu(bn1(x)), i.e. the activated previous output."""
+        return F.relu(self.bn1(x))
+
+    def forward_activated(self, x: Tensor, a: Tensor) -> Tensor:
+        """The block's output given its raw input `x` and `a = self.activate(x)`."""
+        out = self.conv2(F.relu(self.bn2(self.conv1(a))))
+        return out + (x if self.convShortcut is None else self.convShortcut(a))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_activated(x, self.activate(x))
+
+
+class _WRNStage(nn.Module):
+    """A stage of pre-activation blocks (RepDistiller's NetworkBlock; `layer` for state-dict keys)."""
+
+    def __init__(self, n: int, in_planes: int, out_planes: int, stride: int) -> None:
+        super().__init__()
+        blocks = [PreActBlock(in_planes, out_planes, stride)]
+        blocks += [PreActBlock(out_planes, out_planes) for _ in range(n - 1)]
+        self.layer = nn.Sequential(*blocks)
+
+
+class WideResNet(TapNet):
+    """WRN-depth-k for 32x32 inputs: stem conv 16, stages 16k, 32k, 64k, final BN-ReLU."""
+
+    tap_names = CifarResNet.tap_names
+    linear_init = "torch_zero_bias"
+
+    def __init__(self, depth: int, widen_factor: int, num_classes: int = 100) -> None:
+        super().__init__()
+        if depth < 10 or (depth - 4) % 6:
+            raise ValueError(f"WRN depth must be 6n + 4 with n >= 1, got {depth}")
+        n = (depth - 4) // 6
+        widths = (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
+        self.conv1 = _conv3x3(3, widths[0])
+        self.block1 = _WRNStage(n, widths[0], widths[1], 1)
+        self.block2 = _WRNStage(n, widths[1], widths[2], 2)
+        self.block3 = _WRNStage(n, widths[2], widths[3], 2)
+        self.bn1 = nn.BatchNorm2d(widths[3])
+        self.classifier = nn.Linear(widths[3], num_classes)
+        self.reset_parameters()
+
+    def _forward_all(self, x: Tensor) -> dict[str, Tensor]:
+        x = self.conv1(x)
+        out = {"stem": x}
+        for k, stage in enumerate((self.block1, self.block2, self.block3), start=1):
+            first = stage.layer[0]
+            a = first.activate(x)
+            if k > 1:  # the previous stage's activated output is this stage's first activation
+                out[f"stage{k - 1}"] = a
+            x = first.forward_activated(x, a)
+            for block in stage.layer[1:]:
+                x = block(x)
+            out[f"stage{k}_pre"] = x
+        out["stage3"] = F.relu(self.bn1(x))
+        out["pool"] = _global_pool(out["stage3"])
+        out["logits"] = self.classifier(out["pool"])
+        return out
