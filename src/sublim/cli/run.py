@@ -1,19 +1,16 @@
-"""The `sublim` command line: parser (run | sweep | report | kd | data), flags -> configs, main().
+"""`sublim run`: the reference runner's flags -> one ExperimentConfig -> one run, written by the store.
 
-Every user error becomes one line `sublim: error: ...` on stderr and exit status 2, with no
-traceback and no output files.
+Everything is validated before torch is imported or any data is read.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from . import __version__
-from .config import (
+from ..config import (
     DATASETS,
     DISTILL_LOSSES,
     EMNIST_SPLITS,
@@ -21,22 +18,26 @@ from .config import (
     NOISE_DISTS,
     ExperimentConfig,
 )
-from .config.perturbspec import TIMINGS, parse_json, parse_shorthand
-from .config.presets import PRESETS, preset
-from .errors import ConfigError, UserError
-
-PROG = "sublim"
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors and exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{PROG}: error: {message} (see '{self.prog} --help')\n")
-        sys.exit(2)
+from ..config.perturbspec import TIMINGS, parse_json, parse_shorthand
+from ..config.presets import PRESETS, preset
+from ..errors import ConfigError
+from .args import json_or_file, parse_float, parse_floats, parse_int, parse_ints
 
 
-def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """The `run` subcommand."""
+    p = sub.add_parser(
+        "run",
+        help="one teacher -> student experiment",
+        description="Train a teacher on labels, then a student on the teacher's aux outputs "
+        "over noise; append the run's rows under <outdir>/seed_<seed>/.",
+    )
+    add_run_arguments(p)
+    return p
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """Every `sublim run` flag, grouped, with the reference runner's names and defaults."""
     d = ExperimentConfig()
     g = p.add_argument_group("run and output")
     g.add_argument(
@@ -287,46 +288,6 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def parse_int(flag: str, text: str | None, optional: bool = False) -> Any:
-    """An integer flag value (None passes when optional); ConfigError names the flag."""
-    if text is None and optional:
-        return None
-    try:
-        return int(str(text).strip())
-    except ValueError:
-        raise ConfigError(flag, text, "expected an integer") from None
-
-
-def parse_float(flag: str, text: str) -> float:
-    """A float flag value; ConfigError names the flag."""
-    try:
-        return float(text)
-    except ValueError:
-        raise ConfigError(flag, text, "expected a number") from None
-
-
-def _ints(flag: str, text: str) -> tuple[int, ...]:
-    parts = [s.strip() for s in str(text).split(",")]
-    try:
-        return tuple(int(s) for s in parts)
-    except ValueError:
-        raise ConfigError(flag, text, "expected comma-separated integers, e.g. 256,256") from None
-
-
-def json_or_file(flag: str, text: str) -> str:
-    """A JSON text given inline or as a path to a file (inline JSON is tried first)."""
-    stripped = text.strip()
-    if stripped[:1] in "[{":
-        return stripped
-    path = Path(text).expanduser()
-    try:
-        return path.read_text()
-    except OSError as exc:
-        raise ConfigError(
-            flag, text, f"neither inline JSON nor a readable file ({exc.strerror or exc})"
-        ) from None
-
-
 def config_from_args(ns: argparse.Namespace) -> ExperimentConfig:
     """Convert parsed CLI strings into a validated ExperimentConfig."""
     perturb = [parse_shorthand(s) for s in ns.perturb]
@@ -345,7 +306,7 @@ def config_from_args(ns: argparse.Namespace) -> ExperimentConfig:
         "emnist_split": ns.emnist_split.strip().lower(),
         "class_count": parse_int("--class-count", ns.class_count, optional=True),
         "class_selection": ns.class_selection.strip().lower(),
-        "classes": None if ns.classes is None else _ints("--classes", ns.classes),
+        "classes": None if ns.classes is None else parse_ints("--classes", ns.classes),
         "m": parse_int("--m", ns.m),
         "distill_loss": ns.distill_loss.strip().lower(),
         "temperature": parse_float("--temperature", ns.temperature),
@@ -362,12 +323,12 @@ def config_from_args(ns: argparse.Namespace) -> ExperimentConfig:
         "head_layout": ns.head_layout.strip().lower(),
         "init_scheme": ns.init_scheme.strip().lower(),
         "noise_pool": parse_int("--noise-pool", ns.noise_pool),
-        "data_mean": None if ns.data_mean is None else _floats("--data-mean", ns.data_mean),
-        "data_std": None if ns.data_std is None else _floats("--data-std", ns.data_std),
+        "data_mean": None if ns.data_mean is None else parse_floats("--data-mean", ns.data_mean),
+        "data_std": None if ns.data_std is None else parse_floats("--data-std", ns.data_std),
     }
     for role in ("teacher", "student"):
         kw[f"{role}_type"] = getattr(ns, f"{role}_type").strip().lower()
-        kw[f"{role}_hidden_dims"] = _ints(
+        kw[f"{role}_hidden_dims"] = parse_ints(
             f"--{role}-hidden-dims", getattr(ns, f"{role}_hidden_dims")
         )
         spec = getattr(ns, f"{role}_arch_spec")
@@ -392,184 +353,55 @@ def config_from_args(ns: argparse.Namespace) -> ExperimentConfig:
     return ExperimentConfig(**kw)
 
 
-def _floats(flag: str, text: str) -> tuple[float, ...]:
-    return tuple(parse_float(flag, part.strip()) for part in str(text).split(","))
+def _summary(record: Any, outdir: Path) -> str:
+    r = record.run
+    return (
+        f"teacher acc {r['teacher_final_acc']:.4f} | student acc {r['student_init_acc']:.4f} -> "
+        f"{r['student_final_acc']:.4f} | aux MSE {r['student_init_aux_loss']:.4g} -> "
+        f"{r['student_final_aux_loss']:.4g} | {r['runtime_seconds']:.1f} s | "
+        f"outputs: {outdir / f'seed_{record.seed:06d}'}"
+    )
 
 
-def explicit_dests(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
-    """Destinations of the options written in `argv` (also as --flag=value or a unique prefix)."""
-    options = {o: a.dest for a in parser._actions for o in a.option_strings}
-    found: set[str] = set()
-    for token in argv:
-        if not token.startswith("--"):
+def check_data_dir(path: str) -> None:
+    """Refuse a --data-dir that exists but is not a directory."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise ConfigError(
+            "--data-dir", path, "is not a directory; give the directory holding the files"
+        )
+
+
+def cmd_run(ns: argparse.Namespace) -> int:
+    """Run one experiment and append its rows; prints a one-line summary."""
+    from ..store import RunStore, check_writable
+
+    config = config_from_args(ns)  # validates before torch is even imported
+    check_writable(config.outdir)
+    check_data_dir(config.data_dir)
+    from ..engine import load_data, resolve_device, run
+
+    resolve_device(config.device)
+    check_checkpoints([config])  # before any data is loaded or downloaded
+    progress = not ns.quiet and sys.stderr.isatty()
+    load_data(config, progress=not ns.quiet)  # data errors surface before any work
+    record = run(config, progress=progress)
+    with RunStore(config.outdir, append_global=config.append_global).open(wait=120) as store:
+        store.write(record)
+    print(_summary(record, Path(config.outdir)))
+    return 0
+
+
+def check_checkpoints(configs: list[Any]) -> None:
+    """Refuse, in one line and before any work, a --teacher-checkpoint that does not fit a run
+    (checked once per distinct teacher)."""
+    import torch
+
+    from ..engine.checkpoint import load_teacher_checkpoint
+    from ..engine.teacher import teacher_key
+
+    seen: set[str] = set()
+    for config in configs:
+        if config.teacher_checkpoint is None or teacher_key(config) in seen:
             continue
-        name = token.split("=", 1)[0]
-        matches = {d for o, d in options.items() if o == name} or {
-            d for o, d in options.items() if o.startswith(name)
-        }
-        if len(matches) == 1:
-            found |= matches
-    return found
-
-
-def _add_report_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("outdir", metavar="OUTDIR", help="a sublim output directory (or a parent)")
-    p.add_argument("--out", default=None, help="where to write (default: OUTDIR/report)")
-    g = p.add_argument_group("what to summarise")
-    g.add_argument(
-        "--by",
-        action="append",
-        default=None,
-        metavar="AXIS",
-        help="group by these columns (repeat or comma-separate; default: the axes that vary)",
-    )
-    g.add_argument(
-        "--metric",
-        action="append",
-        default=None,
-        metavar="NAME",
-        help="metrics to summarise and plot (repeat or comma-separate; default: student and "
-        "teacher final accuracy, student initial accuracy, student final aux loss; figures "
-        "plot student_final_acc)",
-    )
-    g.add_argument(
-        "--ci", default="percentile", help="bootstrap interval: percentile (default) or bca"
-    )
-    g.add_argument("--level", default="0.95", help="confidence level (default: %(default)s)")
-    g.add_argument("--n-boot", default="10000", help="bootstrap resamples (default: %(default)s)")
-    g.add_argument(
-        "--ci-seed", default="0", help="seed of the bootstrap resampling (default: %(default)s)"
-    )
-    f = p.add_argument_group("figures")
-    f.add_argument(
-        "--figure",
-        default=None,
-        metavar="N",
-        help="draw the paper's figure N (2-6) from all runs, whatever the sweep names",
-    )
-    f.add_argument(
-        "--x",
-        default=None,
-        metavar="AXIS",
-        help="also draw a generic plot of each sweep against this column",
-    )
-    f.add_argument("--format", default="png", help="figure formats, comma-separated: png, svg, pdf")
-    f.add_argument("--html", action="store_true", help="also write one self-contained report.html")
-    f.add_argument("--no-layers", action="store_true", help="skip the layer-similarity plots")
-    f.add_argument("--quiet", action="store_true", help="do not print the summary table")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The `sublim` parser with its subcommands."""
-    parser = _Parser(
-        prog=PROG,
-        description="Teacher -> student transfer experiments (subliminal learning).",
-    )
-    parser.add_argument("--version", action="version", version=f"sublim {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    run_p = parser.run_parser = sub.add_parser(  # type: ignore[attr-defined]
-        "run",
-        help="one teacher -> student experiment",
-        description="Train a teacher on labels, then a student on the teacher's aux outputs "
-        "over noise; append the run's rows under <outdir>/seed_<seed>/.",
-    )
-    _add_run_arguments(run_p)
-    sweep_p = sub.add_parser(
-        "sweep",
-        help="run a sweep spec (TOML): many runs, resumable",
-        description="Expand a sweep spec into runs, skip those already in --outdir (by "
-        "config_hash), train each distinct teacher once (cached under <outdir>/teachers/) and "
-        "write every finished run to the per-seed files and the *_all_seeds.csv aggregates. "
-        "Rerun the same command to finish an interrupted sweep.",
-    )
-    sweep_p.add_argument("spec", help="sweep spec file (see figures/*.toml)")
-    sweep_p.add_argument(
-        "--outdir", default=None, help="output directory (default: outputs/<spec name>)"
-    )
-    sweep_p.add_argument(
-        "--seeds", default=None, help="override the spec's seeds, e.g. 0..4 or 0,3"
-    )
-    sweep_p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field for every run (TOML value), e.g. --set teacher_epochs=1 --set student_hidden_dims=[64,64]",
-    )
-    sweep_p.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="print what would run (counts, teachers, examples) and exit",
-    )
-    sweep_p.add_argument(
-        "--executor",
-        default="inline",
-        help="inline (default), processes:N, dask-local:N or dask:tcp://HOST:PORT",
-    )
-    sweep_p.add_argument(
-        "--max-runs", default=None, help="run at most N of the pending runs this time"
-    )
-    sweep_p.add_argument("--quiet", action="store_true", help="no progress bar")
-    report_p = sub.add_parser(
-        "report",
-        help="summary tables with bootstrap CIs, the paper's figures, an HTML report",
-        description="Load every run under OUTDIR (per-seed files and *_all_seeds.csv, any "
-        "depth; damaged lines are reported and skipped), group runs by the axes that vary "
-        "(or --by), and write summary.csv/summary.txt (n, mean, std, median, bootstrap CI per "
-        "metric), the paper's figures for sweeps named fig2..fig6 (or --figure N), generic plots "
-        "for other sweeps, layer-similarity plots and, with --html, one self-contained "
-        "report.html. Files go to OUTDIR/report/ unless --out is given.",
-    )
-    _add_report_arguments(report_p)
-    from .kd.cli import add_kd_parser
-
-    add_kd_parser(sub, _Parser)
-    data_p = sub.add_parser(
-        "data",
-        help="find, download and verify a dataset",
-        description="Locate a dataset under --data-dir (downloading what is missing from the "
-        "official mirrors, with checksums) and print its sizes.",
-    )
-    data_p.add_argument("--dataset", default="mnist", help=f"{', '.join(DATASETS)}")
-    data_p.add_argument("--emnist-split", default="balanced", help=f"{', '.join(EMNIST_SPLITS)}")
-    data_p.add_argument("--data-dir", default="./MNIST", help="(default: %(default)s)")
-    data_p.add_argument("--offline", action="store_true", help="never download")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point."""
-    parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    ns = parser.parse_args(argv)
-    if ns.command == "run":
-        ns.explicit = explicit_dests(parser.run_parser, argv)  # type: ignore[attr-defined]
-    if ns.command is None:
-        parser.print_help()
-        return 2
-    from . import commands
-
-    try:
-        if ns.command == "run":
-            return commands.cmd_run(ns)
-        if ns.command == "sweep":
-            return commands.cmd_sweep(ns)
-        if ns.command == "report":
-            return commands.cmd_report(ns)
-        if ns.command == "kd":
-            from .kd.cli import cmd_kd
-
-            return cmd_kd(ns)
-        return commands.cmd_data(ns)
-    except UserError as exc:
-        sys.stderr.write(f"{PROG}: error: {' '.join(str(exc).split())}\n")
-        return 2
-    except KeyboardInterrupt:
-        if ns.command == "kd":
-            sys.stderr.write(
-                f"{PROG}: interrupted; rerun the same command to resume from the "
-                "last finished epoch\n"
-            )
-        else:
-            sys.stderr.write(f"{PROG}: interrupted; nothing was written for the unfinished run\n")
-        return 130
+        seen.add(teacher_key(config))
+        load_teacher_checkpoint(config, torch.device("cpu"))

@@ -7,8 +7,8 @@ import json
 import sys
 from typing import Any
 
-from ..cli import parse_float, parse_int
 from ..errors import ConfigError, UserError
+from .args import parse_float, parse_int
 
 RECIPE_DEFAULTS = {
     "epochs": "150",
@@ -24,7 +24,7 @@ RECIPE_DEFAULTS = {
 }
 
 
-def add_kd_parser(sub: Any, parser_class: type) -> None:
+def add_parser(sub: Any, parser_class: type) -> None:
     """The `kd` command with its two subcommands."""
     kd = sub.add_parser(
         "kd",
@@ -135,7 +135,7 @@ _HELP = {
 
 def config_from_args(ns: argparse.Namespace) -> Any:
     """A KDConfig from parsed flags (one-line errors naming the flag)."""
-    from .config import KDConfig
+    from ..kd.config import KDConfig
 
     kw: dict[str, Any] = {
         "dataset": ns.dataset.strip().lower(),
@@ -165,7 +165,7 @@ def config_from_args(ns: argparse.Namespace) -> Any:
         params = json.loads(ns.method_params)
     except json.JSONDecodeError as exc:
         raise ConfigError("--method-params", ns.method_params, f"not JSON ({exc.msg})") from None
-    from .losses import explicit_params
+    from ..kd.losses import explicit_params
 
     method = ns.method.strip().lower()
     if not isinstance(params, dict):
@@ -185,7 +185,7 @@ def config_from_args(ns: argparse.Namespace) -> Any:
 
 def cmd_kd(ns: argparse.Namespace) -> int:
     """Run one experiment (validating everything, including the method, before any data)."""
-    from .runner import prepare_check, resolve_teacher, run_experiment
+    from ..kd.runner import prepare_check, resolve_teacher, run_experiment
 
     if ns.kd_command is None:
         raise UserError(
@@ -206,9 +206,9 @@ def cmd_kd(ns: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(ns: argparse.Namespace) -> int:
+    from ..kd.runner import prepare_check
+    from ..kd.sweep import execute, load_plan
     from ..sweep.executors import check_executor, make_executor
-    from .runner import prepare_check
-    from .sweep import execute, load_plan
 
     plan = load_plan(ns.spec, ns.outdir, ns.seeds)
     check_executor(ns.executor)
