@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from ..config import ExperimentConfig
 from ..records import RunRecord
+from .alloc import tune_allocator
 from .losses import get_loss
 from .optim import Adam
 from .run import Prepared, finish, load_data, prepare, resolve_device, run
@@ -157,6 +158,7 @@ def run_group(
     """
     if not configs:
         return []
+    tune_allocator()
     device = resolve_device(configs[0].device)
     states: dict[str, TeacherState] = dict(teachers or {})
     curves = {teacher_key(c) for c in configs if c.diagnostics}  # teachers to record curves of

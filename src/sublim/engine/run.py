@@ -31,6 +31,7 @@ from ..data.datasets import ImageData, load_dataset, select_classes
 from ..errors import ConfigError
 from ..models import SplitHeadNet, build_model, model_seed, parameter_counts
 from ..records import RunRecord, compact_aliases
+from .alloc import tune_allocator
 from .metrics import COMPARISONS, layer_rows, snapshot
 from .perturb import apply_perturbations
 from .teacher import TeacherState, teacher_key, train_teacher_stage
@@ -225,6 +226,7 @@ def run(
     the teacher stage; the rows are the same as without it.
     """
     started = time.perf_counter()
+    tune_allocator()  # no page-fault storm from freed conv buffers (see engine.alloc)
     device = resolve_device(config.device)
     if teacher_state is None and config.teacher_checkpoint is not None:
         teacher_state = train_teacher_stage(config, None, device)  # checked before any data load

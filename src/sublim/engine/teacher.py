@@ -21,6 +21,7 @@ from ..config import ExperimentConfig
 from ..config.augmentspec import canonical as canonical_augment
 from ..data.datasets import ImageData
 from ..models import SplitHeadNet, build_model
+from .alloc import tune_allocator
 from .metrics import Snapshot, snapshot
 from .perturb import apply_perturbations
 from .train import Normalizer, evaluate, norm_constants, train_teacher
@@ -122,6 +123,7 @@ def train_teacher_stage(
     config: ExperimentConfig, data: ImageData | None, device: torch.device, progress: bool = False
 ) -> TeacherState:
     """Build, perturb, evaluate and train the teacher of `config` (or load its checkpoint)."""
+    tune_allocator()
     if config.teacher_checkpoint is not None:
         from .checkpoint import TEACHER_METRICS, load_teacher_checkpoint
 

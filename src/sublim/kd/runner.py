@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..engine.alloc import tune_allocator
 from ..engine.run import resolve_device
 from ..errors import ConfigError
 from .config import KDConfig
@@ -174,6 +175,7 @@ def run_experiment(
     config: KDConfig, progress: bool = False, stop_after: Any = None
 ) -> dict[str, Any]:
     """Train (or finish, or skip) one experiment; returns its final status record."""
+    tune_allocator()  # no page-fault storm from freed conv buffers (sublim.engine.alloc)
     config = resolve_teacher(config)
     exp = Experiment(config)
     status = exp.status()
