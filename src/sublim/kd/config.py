@@ -52,6 +52,15 @@ MODEL_NAMES = (
     "vgg8",
     "vgg13",
     "mobilenetv2",
+    # KD_wo_CE's models (torchvision layouts; they depend on the image size)
+    "resnet9",
+    "resnet18",
+    "resnet34",
+    "vgg11_bn",
+    "vgg19_bn",
+    "mobilenetv2_w1",
+    "vit_b",
+    "vit_ett",
 )
 METHOD_NAMES = ("kd", "logit_std", "fitnets", "at", "ft", "rkd", "nst", "sp", "dkd", "simkd")
 # Fields that never change results: where to read and write, and how to show progress.

@@ -1,4 +1,5 @@
-"""CIFAR-style classifiers with named feature taps, as in the standard CIFAR KD benchmark.
+"""CIFAR-style classifiers with named feature taps: the standard CIFAR KD benchmark's models and
+KD_wo_CE's (torchvision-layout ResNet9/18/34, VGG11/19-BN, MobileNetV2 x1.0, ViT-B, ViT-ETT).
 
 The definitions follow RepDistiller / CRD (Tian et al., also used by mdistiller) layer for layer:
 same widths, strides, shortcuts and parameter counts, and the same initialisation. Module names
@@ -19,6 +20,12 @@ Taps are references to tensors the forward computes anyway; requesting them cost
 
 Departure from RepDistiller: pooling before the classifier is a global average pool. At 32x32 it
 equals RepDistiller's fixed-size pools exactly; unlike them it also works for 64x64 inputs.
+
+Every model can also be read by generalized layer (KD_wo_CE's numbering: the output of each
+ReLU, residual / inverted / encoder block and the Flatten, in order): `layer_table(in_shape)`,
+`forward_layers(x, layers, detach_after=, stop_after=)`, `param_groups()`; each family's module
+documents its table. KD_wo_CE's models are built for one image size (`create_model(...,
+image_size=)`): the ResNets' max pool, MobileNetV2's stem stride and the ViTs' patch size follow it.
 """
 
 from __future__ import annotations
@@ -29,28 +36,46 @@ from functools import partial
 import torch
 from torch import nn
 
-from ..config import MODEL_NAMES
-from .base import TapNet
+from ...errors import ConfigError
+from ..config import KD_DATASETS, MODEL_NAMES
+from .base import GenLayer, TapNet
 from .mobilenet import MobileNetV2
+from .mobilenet_tl import MobileNetV2TL
 from .resnet import CifarResNet
+from .resnet_tv import ResNetTV
 from .vgg import VGG, VGG_CFGS
+from .vgg_tv import VGGTV, vgg_tv
+from .vit import VisionTransformer
 from .wrn import WideResNet
 
 __all__ = [
     "MODELS",
     "CifarResNet",
+    "GenLayer",
     "MobileNetV2",
+    "MobileNetV2TL",
+    "ResNetTV",
     "TapNet",
     "VGG",
+    "VGGTV",
+    "VisionTransformer",
     "WideResNet",
     "create_model",
+    "layer_rows",
     "parameter_count",
 ]
 
 _SMALL = (16, 16, 32, 64)
 _X4 = (32, 64, 128, 256)
 
-MODELS: dict[str, Callable[[int], TapNet]] = {
+
+def _any_size(factory: Callable[[int], TapNet], num_classes: int, image_size: int = 32) -> TapNet:
+    """The benchmark's models adapt to the input at forward time: the size is not needed."""
+    return factory(num_classes)
+
+
+# name -> factory(num_classes, image_size=...)
+MODELS: dict[str, Callable[..., TapNet]] = {
     "resnet8": partial(CifarResNet, 8, _SMALL),
     "resnet14": partial(CifarResNet, 14, _SMALL),
     "resnet20": partial(CifarResNet, 20, _SMALL),
@@ -70,6 +95,17 @@ MODELS: dict[str, Callable[[int], TapNet]] = {
     "vgg13": partial(VGG, VGG_CFGS["vgg13"]),
     "mobilenetv2": partial(MobileNetV2, 6, 0.5),  # RepDistiller's `mobile_half`
 }
+MODELS = {name: partial(_any_size, factory) for name, factory in MODELS.items()}
+MODELS |= {
+    "resnet9": partial(ResNetTV, (1, 1, 1, 1)),
+    "resnet18": partial(ResNetTV, (2, 2, 2, 2)),
+    "resnet34": partial(ResNetTV, (3, 4, 6, 3)),
+    "vgg11_bn": partial(vgg_tv, "A"),
+    "vgg19_bn": partial(vgg_tv, "E"),
+    "mobilenetv2_w1": MobileNetV2TL,
+    "vit_b": partial(VisionTransformer, 12, 768, 12, 3072),
+    "vit_ett": partial(VisionTransformer, 8, 192, 6, 576),
+}
 
 
 if tuple(MODELS) != MODEL_NAMES:  # the config validates names without importing this module
@@ -77,9 +113,14 @@ if tuple(MODELS) != MODEL_NAMES:  # the config validates names without importing
 
 
 def create_model(
-    name: str, num_classes: int = 100, *, generator: torch.Generator | None = None
+    name: str,
+    num_classes: int = 100,
+    *,
+    generator: torch.Generator | None = None,
+    image_size: int = 32,
 ) -> TapNet:
-    """Build model `name` for `num_classes` classes with RepDistiller's initialisation.
+    """Build model `name` for `num_classes` classes and `image_size`-pixel square inputs, with
+    its reference initialisation (RepDistiller's, torchvision's or tonylins').
 
     With a `generator`, every initial value is drawn from it and the global RNG is left alone
     (the modules are built on the meta device, then materialised and initialised).
@@ -87,12 +128,25 @@ def create_model(
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from: {', '.join(MODELS)}")
     if generator is None:
-        return MODELS[name](num_classes)
+        return MODELS[name](num_classes, image_size=image_size)
     with torch.device("meta"):
-        model = MODELS[name](num_classes)
+        model = MODELS[name](num_classes, image_size=image_size)
     model.to_empty(device="cpu")
     model.reset_parameters(generator)
     return model
+
+
+def layer_rows(name: str, dataset: str) -> list[GenLayer]:
+    """The generalized layers (index, name, shape) of model `name` built for `dataset`, for
+    `sublim kd layers MODEL --dataset D`; built on the meta device, so instant even for vit_b."""
+    if dataset not in KD_DATASETS:
+        raise ConfigError("--dataset", dataset, f"allowed: {', '.join(KD_DATASETS)}")
+    if name not in MODELS:
+        raise ConfigError("MODEL", name, f"allowed: {', '.join(MODELS)}")
+    classes, shape = KD_DATASETS[dataset]
+    with torch.device("meta"):
+        model = MODELS[name](classes, image_size=shape[1])
+    return model.layer_table(shape)
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -4,13 +4,16 @@ Taps: stem, stage1, stage2, stage3, stage4, pool. Stages group the seven inverte
 as RepDistiller's features do: (0, 1), (2,), (3, 4), (5, 6). Blocks end in a linear bottleneck
 (BN, no ReLU), so there are no "_pre" taps. The stem has stride 2, so at 32x32 the stages are
 16x16, 8x8, 4x4 and 2x2; "pool" is the 1280-channel 1x1 conv's output, pooled.
+
+Generalized layers (20): the stem ReLU "conv1.2", the 17 blocks "blocks.G.i", the 1x1 conv's
+ReLU "conv2.2" and "flatten".
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .base import TapNet, _global_pool
+from .base import TapNet, Walk, _global_pool, _no_walk
 
 
 class InvertedResidual(nn.Module):
@@ -48,6 +51,7 @@ class MobileNetV2(TapNet):
 
     tap_names = ("stem", "stage1", "stage2", "stage3", "stage4", "pool")
     linear_init = "normal"
+    feature_taps = ("stage1", "stage2", "stage3", "stage4")  # RepDistiller's f1..f4
     # (expansion t, channels c, blocks n, first stride s); t = 1 for the first group.
     SETTING = (
         (1, 16, 1, 1),
@@ -81,13 +85,16 @@ class MobileNetV2(TapNet):
         self.classifier = nn.Linear(last_channel, num_classes)
         self.reset_parameters()
 
-    def _forward_all(self, x: Tensor) -> dict[str, Tensor]:
+    def _forward_all(self, x: Tensor, walk: Walk = _no_walk) -> dict[str, Tensor]:
         x = self.conv1(x)
         out = {"stem": x}
+        x = walk(x, "conv1.2")
         for k, group in enumerate(self.STAGE_GROUPS, start=1):
-            for i in group:
-                x = self.blocks[i](x)
+            for g in group:
+                for i, block in enumerate(self.blocks[g]):
+                    x = walk(block(x), f"blocks.{g}.{i}")
             out[f"stage{k}"] = x
-        out["pool"] = _global_pool(self.conv2(x))
-        out["logits"] = self.classifier(out["pool"])
+        x = walk(self.conv2(x), "conv2.2")
+        out["pool"] = x = walk(_global_pool(x), "flatten")
+        out["logits"] = self.classifier(x)
         return out

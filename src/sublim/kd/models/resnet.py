@@ -2,6 +2,9 @@
 
 Taps: stem, stage1_pre, stage1, stage2_pre, stage2, stage3_pre, stage3, pool. "stageK_pre" is the
 last block's residual sum before its ReLU; stageK == relu(stageK_pre).
+
+Generalized layers (3n + 2): 0 "relu" (stem), then every block "layerK.i" (post-ReLU output),
+then "flatten" (the pooled feature).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import TapNet, _conv3x3, _global_pool
+from .base import TapNet, Walk, _conv3x3, _global_pool, _no_walk
 
 
 class BasicBlock(nn.Module):
@@ -56,6 +59,7 @@ class CifarResNet(TapNet):
         "pool",
     )
     linear_init = "torch"
+    feature_taps = ("stage1", "stage2", "stage3")  # RepDistiller: post-ReLU block outputs
 
     def __init__(
         self, depth: int, widths: Sequence[int] = (16, 16, 32, 64), num_classes: int = 100
@@ -77,18 +81,26 @@ class CifarResNet(TapNet):
         self.classifier = nn.Linear(in_planes, num_classes)
         self.reset_parameters()
 
-    def _forward_all(self, x: Tensor) -> dict[str, Tensor]:
+    def _forward_all(self, x: Tensor, walk: Walk = _no_walk) -> dict[str, Tensor]:
         x = F.relu(self.bn1(self.conv1(x)))
         out = {"stem": x}
-        for k, stage in enumerate((self.layer1, self.layer2, self.layer3), start=1):
-            last = len(stage) - 1
-            for i, block in enumerate(stage):
-                if i < last:
-                    x = block(x)
-            pre = stage[last].preact(x)
-            x = F.relu(pre)
-            out[f"stage{k}_pre"] = pre
-            out[f"stage{k}"] = x
-        out["pool"] = _global_pool(x)
+        x = walk(x, "relu")
+        out.update(_resnet_stages(x, (self.layer1, self.layer2, self.layer3), walk))
         out["logits"] = self.classifier(out["pool"])
         return out
+
+
+def _resnet_stages(x: Tensor, stages: Sequence[nn.Sequential], walk: Walk) -> dict[str, Tensor]:
+    """Run BasicBlock stages `layer1..`: taps stageK_pre, stageK and pool, each block walked."""
+    out = {}
+    for k, stage in enumerate(stages, start=1):
+        last = len(stage) - 1
+        for i, block in enumerate(stage):
+            if i < last:
+                x = walk(block(x), f"layer{k}.{i}")
+        pre = stage[last].preact(x)
+        out[f"stage{k}_pre"] = pre
+        out[f"stage{k}"] = x = F.relu(pre)
+        x = walk(x, f"layer{k}.{last}")
+    out["pool"] = x = walk(_global_pool(x), "flatten")
+    return out

@@ -4,6 +4,10 @@ Taps: stem (block0 after ReLU), stage1_pre, stage1, ..., stage4_pre, stage4, poo
 runs on the max-pooled previous output; "stageK_pre" is its last BN output and "stageK" its ReLU.
 As in RepDistiller, the max pool after block 3 is applied only for 64x64 inputs, so at 32x32
 stages 3 and 4 are both 4x4.
+
+Generalized layers: every conv's ReLU, named by its position in its block ("blockK.2", ...; the
+block's last ReLU, applied by the forward, gets the index it would have: "blockK.<len(block)>"),
+then "flatten": 6 for vgg8, 11 for vgg13.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import TapNet, _global_pool
+from .base import TapNet, Walk, _global_pool, _no_walk
 
 VGG_CFGS: dict[str, tuple[tuple[int, ...], ...]] = {
     "vgg8": ((64,), (128,), (256,), (512,), (512,)),  # RepDistiller cfg "S"
@@ -46,6 +50,7 @@ class VGG(TapNet):
         "pool",
     )
     linear_init = "normal"
+    feature_taps = ("stage1", "stage2", "stage3", "stage4")  # RepDistiller: after the ReLU
 
     def __init__(self, cfg: Sequence[Sequence[int]], num_classes: int = 100) -> None:
         super().__init__()
@@ -57,21 +62,28 @@ class VGG(TapNet):
         self.classifier = nn.Linear(cfg[-1][-1], num_classes)
         self.reset_parameters()
 
-    def _forward_all(self, x: Tensor) -> dict[str, Tensor]:
+    def _forward_all(self, x: Tensor, walk: Walk = _no_walk) -> dict[str, Tensor]:
         pool3 = self.pool3 if x.shape[2] == 64 else None  # RepDistiller's `if h == 64`
-        x = F.relu(self.block0(x))
-        out = {"stem": x}
+        out = {}
         stages = (
+            (None, self.block0),
             (self.pool0, self.block1),
             (self.pool1, self.block2),
             (self.pool2, self.block3),
             (pool3, self.block4),
         )
-        for k, (pool, block) in enumerate(stages, start=1):
-            pre = block(x if pool is None else pool(x))
-            x = F.relu(pre)
-            out[f"stage{k}_pre"] = pre
-            out[f"stage{k}"] = x
-        out["pool"] = _global_pool(x)
-        out["logits"] = self.classifier(out["pool"])
+        for k, (pool, block) in enumerate(stages):
+            if pool is not None:
+                x = pool(x)
+            for i, layer in enumerate(block):
+                x = layer(x)
+                if isinstance(layer, nn.ReLU):
+                    x = walk(x, f"block{k}.{i}")
+            name = "stem" if k == 0 else f"stage{k}"
+            if k:
+                out[f"{name}_pre"] = x
+            out[name] = x = F.relu(x)
+            x = walk(x, f"block{k}.{len(block)}")
+        out["pool"] = x = walk(_global_pool(x), "flatten")
+        out["logits"] = self.classifier(x)
         return out

@@ -4,6 +4,9 @@ Taps: stem (the first conv; no BN-ReLU), stage1_pre, stage1, ..., stage3_pre, st
 "stageK_pre" is the stage's raw residual sum (what RepDistiller returns with preact=False);
 "stageK" is relu(BN(stageK_pre)) with the BN that follows: the first BN of the next stage's first
 block (stages 1, 2) or the final BN (stage 3). Both are computed by every forward.
+
+Generalized layers (3n + 2): every block's raw residual sum "blockK.layer.i", then the final
+BN-ReLU "relu", then "flatten". The stem conv has no ReLU, so it is not one.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import TapNet, _conv3x3, _global_pool
+from .base import TapNet, Walk, _conv3x3, _global_pool, _no_walk
 from .resnet import CifarResNet
 
 
@@ -57,6 +60,9 @@ class WideResNet(TapNet):
 
     tap_names = CifarResNet.tap_names
     linear_init = "torch_zero_bias"
+    # RepDistiller's and mdistiller's WRN features are the raw residual sums (preact=False),
+    # not the BN-ReLU that follows them
+    feature_taps = ("stage1_pre", "stage2_pre", "stage3_pre")
 
     def __init__(self, depth: int, widen_factor: int, num_classes: int = 100) -> None:
         super().__init__()
@@ -72,7 +78,7 @@ class WideResNet(TapNet):
         self.classifier = nn.Linear(widths[3], num_classes)
         self.reset_parameters()
 
-    def _forward_all(self, x: Tensor) -> dict[str, Tensor]:
+    def _forward_all(self, x: Tensor, walk: Walk = _no_walk) -> dict[str, Tensor]:
         x = self.conv1(x)
         out = {"stem": x}
         for k, stage in enumerate((self.block1, self.block2, self.block3), start=1):
@@ -80,11 +86,11 @@ class WideResNet(TapNet):
             a = first.activate(x)
             if k > 1:  # the previous stage's activated output is this stage's first activation
                 out[f"stage{k - 1}"] = a
-            x = first.forward_activated(x, a)
-            for block in stage.layer[1:]:
-                x = block(x)
+            x = walk(first.forward_activated(x, a), f"block{k}.layer.0")
+            for i, block in enumerate(stage.layer[1:], start=1):
+                x = walk(block(x), f"block{k}.layer.{i}")
             out[f"stage{k}_pre"] = x
-        out["stage3"] = F.relu(self.bn1(x))
-        out["pool"] = _global_pool(out["stage3"])
-        out["logits"] = self.classifier(out["pool"])
+        out["stage3"] = x = walk(F.relu(self.bn1(x)), "relu")
+        out["pool"] = x = walk(_global_pool(x), "flatten")
+        out["logits"] = self.classifier(x)
         return out
