@@ -127,10 +127,8 @@ def load_teacher_weights(config: KDConfig) -> dict[str, torch.Tensor]:
     from .models import create_model
 
     with torch.device("meta"):
-        want = {
-            k: tuple(v.shape)
-            for k, v in create_model(config.teacher, config.num_classes).state_dict().items()
-        }
+        net = create_model(config.teacher, config.num_classes, image_size=config.input_shape[1])
+        want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     have = {k: tuple(v.shape) for k, v in data["weights"].items()}
     if have != want:
         wrong = sorted(set(want) ^ set(have)) or [k for k in want if want[k] != have[k]]
@@ -154,8 +152,10 @@ def prepare_check(config: KDConfig, teacher: bool = True) -> None:
     from .models import create_model
 
     with torch.device("meta"):
-        student = create_model(config.model, config.num_classes)
-        teacher_net = create_model(config.teacher, config.num_classes)
+        student = create_model(config.model, config.num_classes, image_size=config.input_shape[1])
+        teacher_net = create_model(
+            config.teacher, config.num_classes, image_size=config.input_shape[1]
+        )
         try:
             create_distiller(
                 config.method,
