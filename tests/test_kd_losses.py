@@ -25,6 +25,7 @@ from sublim.kd.losses import (
     combine,
     create_distiller,
 )
+from sublim.kd.losses.base import TapShapes
 
 B = 5
 K = 7
@@ -199,17 +200,33 @@ def test_kd_two_classes_by_hand():
 # ---------------------------------------------------------------------------------------------
 
 
-def np_zscore(z: np.ndarray) -> np.ndarray:
-    return (z - z.mean()) / (1e-7 + z.std(ddof=1))
+def np_zscore(z: np.ndarray, eps: float = 1e-7) -> np.ndarray:
+    return (z - z.mean()) / (eps + z.std(ddof=1))
 
 
 def test_logit_std_matches_reference():
     s, t = make_taps(S_SHAPES, 3), make_taps(T_SHAPES, 4)
     d = build("logit_std")
-    assert (d.temperature, d.weight, d.ce_weight) == (2.0, 9.0, 1.0)
+    # CE weight 0.1: the authors' current config (CFG.KD.LOSS.CE_WEIGHT in their cfg.py; this
+    # fixture said 1.0, the value before their March 2024 change)
+    assert (d.temperature, d.weight, d.ce_weight, d.eps) == (2.0, 9.0, 0.1, 1e-7)
     zs = np.stack([np_zscore(z) for z in npy(s["logits"])])
     zt = np.stack([np_zscore(z) for z in npy(t["logits"])])
     assert close(d(s, t, targets())["logit_std"], 9.0 * ref_kd(zs, zt, 2.0))
+
+
+def test_logit_std_eps_expresses_vkd_normalized():
+    """The KD_wo_CE paper's VKDNormalized: z-scores with eps 1e-6, T = 4, weight 16."""
+    s, t = make_taps(S_SHAPES, 3), make_taps(T_SHAPES, 4)
+    s["logits"] = s["logits"] * 1e-6  # a near-constant row, where eps matters
+    d = build("logit_std", temperature=4.0, weight=16.0, eps=1e-6)
+    zs = np.stack([np_zscore(z, 1e-6) for z in npy(s["logits"])])
+    zt = np.stack([np_zscore(z, 1e-6) for z in npy(t["logits"])])
+    assert close(d(s, t, targets())["logit_std"], 16.0 * ref_kd(zs, zt, 4.0))
+    default = build("logit_std", temperature=4.0, weight=16.0)(s, t, targets())["logit_std"]
+    assert not close(default, 16.0 * ref_kd(zs, zt, 4.0), 1e-3)
+    with pytest.raises(ValueError, match="eps"):
+        build("logit_std", eps=-1.0)
 
 
 def test_logit_std_two_classes_by_hand_and_invariance():
@@ -405,22 +422,48 @@ def test_at_by_hand():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_ft_matches_reference_and_paraphraser_loss():
+def _ft_factors(d, s, t) -> tuple[np.ndarray, np.ndarray]:
+    factor_t = np_seq(npy(t["stage3"]), d.paraphraser.encoder)
+    factor_s = np_seq(npy(s["stage3"]), d.translator)
+    assert factor_t.shape == factor_s.shape == (B, 4, 2, 2)  # rate 0.5 of 8 teacher channels
+    return factor_s, factor_t
+
+
+def test_ft_default_is_repdistillers_formula():
+    """RepDistiller's FactorTransfer (p1 = 2, p2 = 1): mean |normalize(mean_c F_s^2) -
+    normalize(mean_c F_t^2)|. This fixture held the FT authors' formula (now `formula="authors"`)
+    before the default followed the benchmark most papers compare with."""
     s, t = make_taps(S_SHAPES, 17), make_taps(T_SHAPES, 18)
     d = build("ft")
+    assert (d.formula, d.paraphraser_lr, d.weight) == ("repdistiller", 0.01, 200.0)
     assert d.student_taps == ("stage3",) and d.teacher_taps == ("stage3",)
-    f_t, f_s = npy(t["stage3"]), npy(s["stage3"])
-    factor_t = np_seq(f_t, d.paraphraser.encoder)
-    factor_s = np_seq(f_s, d.translator)
-    assert factor_t.shape == factor_s.shape == (B, 4, 2, 2)  # rate 0.5 of 8 teacher channels
+    factor_s, factor_t = _ft_factors(d, s, t)
+    diffs = []
+    for a, b in zip(factor_s, factor_t, strict=True):  # per sample
+        qa, qb = (a**2).mean(axis=0).ravel(), (b**2).mean(axis=0).ravel()
+        diffs.append(np.abs(qa / np.linalg.norm(qa) - qb / np.linalg.norm(qb)))
+    assert close(d(s, t, targets())["ft"], 200.0 * float(np.mean(diffs)))
+    rec = np_seq(factor_t, d.paraphraser.decoder)
+    assert close(d.paraphraser_loss(t), float(((rec - npy(t["stage3"])) ** 2).mean()))
+
+
+def test_ft_authors_formula():
+    """The FT paper's eq. (3) as in the authors' code: L1 of the L2-normalised whole factors."""
+    s, t = make_taps(S_SHAPES, 17), make_taps(T_SHAPES, 18)
+    d = build("ft", formula="authors")
+    factor_s, factor_t = _ft_factors(d, s, t)
     norm = [
         (a.ravel() / np.linalg.norm(a), b.ravel() / np.linalg.norm(b))
         for a, b in zip(factor_s, factor_t, strict=True)
     ]
     expected = np.mean([np.abs(a - b) for a, b in norm])
     assert close(d(s, t, targets())["ft"], 200.0 * expected)
-    rec = np_seq(factor_t, d.paraphraser.decoder)
-    assert close(d.paraphraser_loss(t), float(((rec - f_t) ** 2).mean()))
+    assert not close(build("ft")(s, t, targets())["ft"], 200.0 * expected, 1e-3)
+    with pytest.raises(ValueError, match="formula"):
+        build("ft", formula="paper")
+    with pytest.raises(ValueError, match="paraphraser_lr"):
+        build("ft", paraphraser_lr=0.0)
+    assert build("ft", paraphraser_lr=None).paraphraser_lr is None  # the recipe's --lr
 
 
 def test_ft_parameter_count_and_frozen_paraphraser():
@@ -734,6 +777,63 @@ def test_logit_and_pairing_validation():
         assert d.student_taps == ("stage3",) and d.teacher_taps == ("stage4",)
     with pytest.raises(ValueError, match="stageN"):
         create_distiller("sp", {"pool": (3,)}, T_SHAPES)
+
+
+def test_declared_feature_taps_are_the_defaults():
+    """A TapShapes' feature_taps (a model's benchmark features, e.g. a WRN's raw residual sums)
+    are what the feature methods read by default; SimKD keeps the map the classifier pools."""
+    features = ("stage1_pre", "stage2_pre", "stage3_pre")
+    s = TapShapes({**S_SHAPES, **{f"{k}_pre": S_SHAPES[k] for k in ("stage1", "stage2")}}, features)
+    t = TapShapes({**T_SHAPES, **{f"{k}_pre": T_SHAPES[k] for k in ("stage1", "stage2")}}, features)
+    for name in ("at", "nst"):
+        d = create_distiller(name, s, t)
+        assert d.student_taps == d.teacher_taps == features, name
+    for name in ("sp", "ft"):
+        d = create_distiller(name, s, t)
+        assert d.student_taps == d.teacher_taps == ("stage3_pre",), name
+    d = create_distiller("fitnets", s, t)
+    assert d.student_taps == d.teacher_taps == ("stage2_pre",)
+    assert create_distiller("simkd", s, t).teacher_taps == ("stage3",)
+    # explicit taps still win; a plain dict of shapes means the post-activation stage taps
+    assert create_distiller("sp", s, t, student_tap="stage3").student_taps == ("stage3",)
+    assert create_distiller("at", dict(s), dict(t)).student_taps == ("stage1", "stage2", "stage3")
+    with pytest.raises(ValueError, match="stage9"):
+        TapShapes(S_SHAPES, ("stage9",))
+    with pytest.raises(ValueError, match="hint"):
+        create_distiller("fitnets", s, TapShapes(T_SHAPES, ("stage3",)))
+
+
+def test_wrn_pair_defaults_read_the_benchmark_features():
+    """wrn_40_2 -> wrn_16_2: every feature method's default equals the method on the raw
+    residual sums (RepDistiller's and mdistiller's WRN features), not on the post-activation
+    stage taps it read before (AT 2.186 -> 1.588 on this batch)."""
+    from sublim.kd.models import create_model
+
+    teacher = create_model("wrn_40_2", generator=torch.Generator().manual_seed(1)).eval()
+    student = create_model("wrn_16_2", generator=torch.Generator().manual_seed(2)).eval()
+    x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        s, t = student(x), teacher(x)
+    s_shapes, t_shapes = TapShapes.of(student), TapShapes.of(teacher)
+    pre = ("stage1_pre", "stage2_pre", "stage3_pre")
+    explicit = {
+        "at": {"student_taps": pre, "teacher_taps": pre},
+        "nst": {"student_taps": pre, "teacher_taps": pre},
+        "sp": {"student_tap": "stage3_pre", "teacher_tap": "stage3_pre"},
+        "fitnets": {"guided": "stage2_pre", "hint": "stage2_pre"},
+        "ft": {"student_tap": "stage3_pre", "teacher_tap": "stage3_pre"},
+    }
+    y = torch.zeros(16, dtype=torch.long)
+    for name, taps in explicit.items():
+        torch.manual_seed(0)
+        default = create_distiller(name, s_shapes, t_shapes)
+        torch.manual_seed(0)
+        named = create_distiller(name, student.tap_shapes(), teacher.tap_shapes(), **taps)
+        torch.manual_seed(0)
+        post = create_distiller(name, student.tap_shapes(), teacher.tap_shapes())
+        with torch.no_grad():
+            a, b, c = (float(sum(d(s, t, y).values())) for d in (default, named, post))
+        assert a == b and a != c, name
 
 
 def test_combine():

@@ -120,6 +120,62 @@ def test_wrn_stage_is_the_following_bn_relu_of_stage_pre() -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# Benchmark features: RepDistiller's forward(x, is_feat=True, preact=False) feat[1:-1]
+# ------------------------------------------------------------------------------------------------
+
+
+def _repdistiller_features(name: str, model: TapNet, x: torch.Tensor) -> list[torch.Tensor]:
+    """feat[1:-1] of RepDistiller's `forward(x, is_feat=True, preact=False)`, recomputed here by
+    running the model's submodules in RepDistiller's order (not through the taps)."""
+    if name.startswith("wrn"):  # raw residual sums of the three stages, no BN-ReLU after them
+        f1 = model.block1.layer(model.conv1(x))
+        f2 = model.block2.layer(f1)
+        return [f1, f2, model.block3.layer(f2)]
+    if name.startswith("resnet"):  # block outputs after their ReLU
+        f1 = model.layer1(F.relu(model.bn1(model.conv1(x))))
+        f2 = model.layer2(f1)
+        return [f1, f2, model.layer3(f2)]
+    if name.startswith("vgg"):  # ReLU of each block, max-pooled in between (not before block 4)
+        x = F.relu(model.block0(x))
+        feats = []
+        for pool, block in ((model.pool0, model.block1), (model.pool1, model.block2)):
+            x = F.relu(block(pool(x)))
+            feats.append(x)
+        x = F.relu(model.block3(model.pool2(x)))
+        feats.append(x)
+        return [*feats, F.relu(model.block4(x))]
+    feats, x = [], model.conv1(x)  # MobileNetV2: after inverted-residual groups 1, 2, 4, 6
+    for group in range(7):
+        x = model.blocks[group](x)
+        if group in (1, 2, 4, 6):
+            feats.append(x)
+    return feats
+
+
+@pytest.mark.parametrize(
+    "name", ["resnet20", "resnet8x4", "wrn_16_2", "wrn_40_1", "vgg8", "mobilenetv2"]
+)
+def test_feature_taps_are_repdistillers_features(name: str) -> None:
+    model = create_model(name).eval()
+    x = _batch()
+    with torch.no_grad():
+        out = model(x, model.feature_taps)
+        expected = _repdistiller_features(name, model, x)
+    assert len(model.feature_taps) == len(expected)
+    for tap, feat in zip(model.feature_taps, expected, strict=True):
+        torch.testing.assert_close(out[tap], feat, rtol=0, atol=0, msg=tap)
+
+
+def test_wrn_features_are_the_raw_residual_sums() -> None:
+    """WRN's benchmark features are not its post-activation stage taps (they were the default
+    before: AT, NST, SP, FitNets and FT read the wrong tensor on WRN pairs)."""
+    model = _model("wrn_40_2")
+    assert model.feature_taps == ("stage1_pre", "stage2_pre", "stage3_pre")
+    for name in ("resnet56", "resnet32x4", "vgg13"):
+        assert all(t.startswith("stage") and "_pre" not in t for t in _model(name).feature_taps)
+
+
+# ------------------------------------------------------------------------------------------------
 # Parameter counts, derived from the architectures (not from this module)
 # ------------------------------------------------------------------------------------------------
 

@@ -26,6 +26,30 @@ class DistillerConfigError(ConfigError, ValueError):
 _STAGE = re.compile(r"^stage(\d+)$")
 
 
+class TapShapes(dict[str, tuple[int, ...]]):
+    """One model's per-sample tap shapes, plus which taps are its benchmark features.
+
+    A plain mapping for every method; `feature_taps` (the model's `TapNet.feature_taps`: what
+    RepDistiller's `forward(is_feat=True)` returns as feat[1:-1]) is what the feature methods
+    read when no tap is named. A plain dict of shapes works too: its features are then the
+    post-activation "stage1".."stageN" taps. Models stay out of this package: build one with
+    `TapShapes.of(model, in_shape)`, which only reads `tap_shapes` and `feature_taps`.
+    """
+
+    def __init__(self, shapes: Shapes, feature_taps: Sequence[str] = ()) -> None:
+        super().__init__((k, tuple(int(d) for d in v)) for k, v in shapes.items())
+        missing = [t for t in feature_taps if t not in self]
+        if missing:
+            raise ValueError(f"feature taps {missing} are not among the taps {sorted(self)}")
+        self.feature_taps: tuple[str, ...] = tuple(feature_taps)
+
+    @classmethod
+    def of(cls, model: object, in_shape: tuple[int, int, int] = (3, 32, 32)) -> TapShapes:
+        """The tap shapes of a `TapNet` for inputs of `in_shape`, with its feature taps."""
+        shapes = model.tap_shapes(in_shape)  # type: ignore[attr-defined]
+        return cls(shapes, getattr(model, "feature_taps", ()))
+
+
 def _stage_taps(shapes: Shapes) -> list[str]:
     """The post-activation stage outputs 'stage1'..'stageN' present in `shapes`, in order."""
     found = [(int(m.group(1)), k) for k in shapes if (m := _STAGE.match(k))]
@@ -33,13 +57,33 @@ def _stage_taps(shapes: Shapes) -> list[str]:
 
 
 def _last_stage(shapes: Shapes, side: str, param: str) -> str:
-    """The deepest 'stageN' tap (RepDistiller's feat[-2]: the last feature map before pooling)."""
+    """The deepest post-activation 'stageN' tap: the map the classifier pools (SimKD)."""
     stages = _stage_taps(shapes)
     if not stages:
         raise DistillerConfigError(
             param, None, f"the {side} has no 'stageN' tap (taps: {sorted(shapes)}); name one"
         )
     return stages[-1]
+
+
+def _feature_taps(shapes: Shapes) -> list[str]:
+    """The benchmark's intermediate features (RepDistiller's feat[1:-1]), in order: the model's
+    declared `feature_taps` when `shapes` is a TapShapes that has them, else 'stage1'..'stageN'.
+
+    They differ on WRNs, whose benchmark features are the raw residual sums ('stageK_pre'),
+    not the BN-ReLU after them."""
+    declared = getattr(shapes, "feature_taps", ())
+    return list(declared) if declared else _stage_taps(shapes)
+
+
+def _last_feature(shapes: Shapes, side: str, param: str) -> str:
+    """The deepest benchmark feature: RepDistiller's feat[-2], the last map before pooling."""
+    features = _feature_taps(shapes)
+    if not features:
+        raise DistillerConfigError(
+            param, None, f"the {side} has no 'stageN' tap (taps: {sorted(shapes)}); name one"
+        )
+    return features[-1]
 
 
 def _shape(shapes: Shapes, tap: str, side: str, param: str, ndim: int | None) -> tuple[int, ...]:
@@ -142,14 +186,15 @@ def _pair_taps(
     student_taps: Sequence[str] | None,
     teacher_taps: Sequence[str] | None,
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Student/teacher tap pairs; None means every stage output (RepDistiller's feat[1:-1])."""
+    """Student/teacher tap pairs; None means every benchmark feature (RepDistiller's feat[1:-1],
+    see `_feature_taps`)."""
     for param, value in (("student_taps", student_taps), ("teacher_taps", teacher_taps)):
         if isinstance(value, str):
             raise DistillerConfigError(
                 param, value, "a sequence of tap names, e.g. ('stage1', 'stage2')"
             )
-    s_taps = tuple(_stage_taps(s_shapes) if student_taps is None else student_taps)
-    t_taps = tuple(_stage_taps(t_shapes) if teacher_taps is None else teacher_taps)
+    s_taps = tuple(_feature_taps(s_shapes) if student_taps is None else student_taps)
+    t_taps = tuple(_feature_taps(t_shapes) if teacher_taps is None else teacher_taps)
     if not s_taps or len(s_taps) != len(t_taps):
         raise DistillerConfigError(
             "teacher_taps",

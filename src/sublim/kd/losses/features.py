@@ -14,7 +14,7 @@ from .base import (
     DistillerConfigError,
     Shapes,
     Taps,
-    _last_stage,
+    _last_feature,
     _match_spatial,
     _pair_taps,
     _positive,
@@ -62,6 +62,19 @@ class ConvReg(nn.Module):
         return F.relu(x) if self.use_relu else x
 
 
+def _second_feature(shapes: Shapes, side: str, param: str) -> str:
+    """RepDistiller's default hint layer, feat[2]: the second benchmark feature of a model that
+    declares its features (a TapShapes), else "stage2"."""
+    declared = getattr(shapes, "feature_taps", ())
+    if not declared:
+        return "stage2"
+    if len(declared) < 2:
+        raise DistillerConfigError(
+            param, None, f"the {side} has one feature tap {declared}; name the tap"
+        )
+    return declared[1]
+
+
 class FitNets(Distiller):
     """Hint learning: a regressor maps the student's guided layer onto the teacher's hint layer.
 
@@ -69,7 +82,8 @@ class FitNets(Distiller):
     L_HT = 1/2 ||u_h(x) - r(v_g(x))||^2, with the hint u_h a teacher hidden layer and the guided
     layer v_g a student hidden layer (the paper's naming: `hint` is the teacher tap, `guided` the
     student tap). Loss and regressor as in RepDistiller: mean squared error (`nn.MSELoss`) after
-    `ConvReg` (conv + BN + ReLU), weight 100 (`-b 100`), hint layer 2 -> "stage2" on both sides.
+    `ConvReg` (conv + BN + ReLU), weight 100 (`-b 100`), hint layer 2 on both sides: feat[2],
+    the second benchmark feature (see `_feature_taps`: "stage2", or "stage2_pre" on a WRN).
     The paper's first stage (training the student up to the guided layer plus the regressor on
     the hint loss alone) is a training-recipe matter; RepDistiller trains everything jointly.
     `regressor` is exposed for such a stage.
@@ -84,12 +98,14 @@ class FitNets(Distiller):
         s_shapes: Shapes,
         t_shapes: Shapes,
         *,
-        guided: str = "stage2",
-        hint: str = "stage2",
+        guided: str | None = None,
+        hint: str | None = None,
         use_relu: bool = True,
         weight: float | None = None,
     ) -> None:
         super().__init__(s_shapes, t_shapes, weight=weight)
+        guided = guided or _second_feature(s_shapes, "student", "guided")
+        hint = hint or _second_feature(t_shapes, "teacher", "hint")
         s_shape = _shape(s_shapes, guided, "student", "guided", 3)
         t_shape = _shape(t_shapes, hint, "teacher", "hint", 3)
         self.regressor = ConvReg(s_shape, t_shape, use_relu=use_relu)
@@ -118,7 +134,8 @@ class AT(Distiller):
     Reference: Zagoruyko & Komodakis, ICLR 2017, "Paying More Attention to Attention", eq. (2),
     in the form of the authors' code and RepDistiller: per pair, at(f) = normalize(mean_c f^p)
     with p = 2, loss = mean((at_s - at_t)^2), summed over pairs. Defaults from RepDistiller:
-    weight 1000 (`-b 1000`) on every stage output (feat[1:-1], i.e. "stage1".."stageN").
+    weight 1000 (`-b 1000`) on every benchmark feature (feat[1:-1]: "stage1".."stageN", or the
+    raw residual sums "stageK_pre" on a WRN; see `_feature_taps`).
     Pairs of different spatial size are pooled to the smaller (RepDistiller). The paper writes
     the (unsquared) p-norm of the difference of normalised maps; the authors' code and
     RepDistiller (followed here) use the mean squared difference with beta = 1000.
@@ -200,6 +217,9 @@ def _factor(x: Tensor) -> Tensor:
     return F.normalize(x.flatten(1))
 
 
+FT_FORMULAS = ("repdistiller", "authors")
+
+
 class FT(Distiller):
     """Factor transfer: match the student's translated factor to the teacher's paraphrased one.
 
@@ -207,14 +227,25 @@ class FT(Distiller):
     Compression via Factor Transfer". The paraphraser P (an autoencoder on the teacher's last
     feature map, rate k = 0.5) is trained first on the reconstruction loss (`paraphraser_loss`,
     MSE as in RepDistiller's init stage) and then frozen; the translator (three 3x3 conv + BN +
-    LeakyReLU, student channels -> k * teacher channels) is trained with the student on
-    eq. (3): L_FT = || F_T / ||F_T||_2 - F_S / ||F_S||_2 ||_p, p = 1, taken as the mean absolute
-    difference over the flattened factors (nn.L1Loss, as in the authors' code). Weight 200 and the
-    last stage output on both sides from RepDistiller (`-b 200`, feat[-2]).
+    LeakyReLU, student channels -> k * teacher channels) is trained with the student.
 
-    RepDistiller's FactorTransfer loss instead compares normalize(mean_c factor^2) (an
-    attention map of the factor); this class follows the paper. Factors of different spatial
-    size are pooled to the smaller (RepDistiller).
+    `formula` chooses the loss between the two factors (pooled to the smaller spatial size
+    first, as in RepDistiller):
+
+    * "repdistiller" (default; the benchmark most papers compare with, RepDistiller's
+      `FactorTransfer` with p1 = 2, p2 = 1): the mean absolute difference of the factors'
+      attention maps, normalize(mean over channels of factor^2), flattened over H*W;
+    * "authors": the paper's eq. (3) as in the FT authors' code,
+      L_FT = || F_T / ||F_T||_2 - F_S / ||F_S||_2 ||_1 over the whole flattened factors, taken
+      as the mean absolute difference (nn.L1Loss).
+
+    Defaults from RepDistiller: weight 200 (`-b 200`), the last benchmark feature on both sides
+    (feat[-2]: "stageN", the raw residual sum "stage3_pre" on a WRN), and the paraphraser
+    pre-trained (`--init-epochs`, 30 in RepDistiller) by SGD at a constant learning rate
+    `paraphraser_lr` = 0.01 (RepDistiller's value for ResNet and WRN students; for other
+    students it uses its main learning rate: 0.01 for MobileNetV2, 0.05 for VGG). None: the
+    recipe's `--lr`. The student does not run during that stage (RepDistiller keeps it in eval
+    mode), so its BatchNorm statistics are untouched.
     """
 
     name = "ft"
@@ -231,11 +262,19 @@ class FT(Distiller):
         rate: float = 0.5,
         paraphraser_bn: bool = False,
         translator_bn: bool = True,
+        formula: str = "repdistiller",
+        paraphraser_lr: float | None = 0.01,
         weight: float | None = None,
     ) -> None:
         super().__init__(s_shapes, t_shapes, weight=weight)
-        s_tap = student_tap or _last_stage(s_shapes, "student", "student_tap")
-        t_tap = teacher_tap or _last_stage(t_shapes, "teacher", "teacher_tap")
+        if formula not in FT_FORMULAS:
+            raise DistillerConfigError("formula", formula, f"one of {', '.join(FT_FORMULAS)}")
+        self.formula = formula
+        self.paraphraser_lr = (
+            None if paraphraser_lr is None else _positive("paraphraser_lr", paraphraser_lr)
+        )
+        s_tap = student_tap or _last_feature(s_shapes, "student", "student_tap")
+        t_tap = teacher_tap or _last_feature(t_shapes, "teacher", "teacher_tap")
         s_c = _shape(s_shapes, s_tap, "student", "student_tap", 3)[0]
         t_c = _shape(t_shapes, t_tap, "teacher", "teacher_tap", 3)[0]
         self.rate = _positive("rate", rate)
@@ -257,5 +296,9 @@ class FT(Distiller):
             factor_t = self.paraphraser.encoder(_tap(t, self.teacher_taps[0], "teacher").detach())
         factor_s = self.translator(_tap(s, self.student_taps[0], "student"))
         factor_s, factor_t = _match_spatial(factor_s, factor_t)
-        loss = (_factor(factor_s) - _factor(factor_t)).abs().mean()
+        if self.formula == "repdistiller":
+            a_s, a_t = attention_map(factor_s, 2.0), attention_map(factor_t, 2.0)
+        else:
+            a_s, a_t = _factor(factor_s), _factor(factor_t)
+        loss = (a_s - a_t).abs().mean()
         return {"ft": self.weight * loss}

@@ -90,13 +90,18 @@ class LogitStd(_LogitDistiller):
     Algorithm 1: q(z) = softmax(Z(z) / tau) with Z the per-sample z-score, for teacher and
     student, then KD as above (times tau^2). Defaults from the authors' code and README
     (`--logit-stand --base-temp 2 --kd-weight 9`): base temperature 2, KD weight 9, and the CE
-    weight 1 of their config. The std uses Bessel's correction (torch's default, as in their
-    `normalize`); the paper writes the population std, a factor sqrt(K / (K - 1)) apart.
+    weight 0.1 of their current config (`CFG.KD.LOSS.CE_WEIGHT` in mdistiller/engine/cfg.py;
+    1.0 before March 2024). Z(z) = (z - mean) / (eps + std) with eps = 1e-7 as in their
+    `normalize`; the std uses Bessel's correction (torch's default, as in their code); the paper
+    writes the population std, a factor sqrt(K / (K - 1)) apart.
+
+    The KD_wo_CE paper's VKDNormalized is the same loss with temperature 4, weight 16 (T^2),
+    eps 1e-6 and CE weight 1 (the experiment's `ce_weight`).
     """
 
     name = "logit_std"
     default_weight = 9.0
-    ce_weight = 1.0
+    ce_weight = 0.1
 
     def __init__(
         self,
@@ -104,17 +109,19 @@ class LogitStd(_LogitDistiller):
         t_shapes: Shapes,
         *,
         temperature: float = 2.0,
+        eps: float = 1e-7,
         weight: float | None = None,
     ) -> None:
         super().__init__(s_shapes, t_shapes, weight=weight)
         if self.num_classes < 2:
             raise DistillerConfigError("logits", self.num_classes, "z-scores need >= 2 classes")
         self.temperature = _positive("temperature", temperature)
+        self.eps = _non_negative("eps", eps)
 
     def forward(self, s: Taps, t: Taps, targets: Tensor, epoch: int = 0) -> dict[str, Tensor]:
         with torch.no_grad():
-            z_t = zscore(_tap(t, "logits", "teacher").detach())
-        z_s = zscore(_tap(s, "logits", "student"))
+            z_t = zscore(_tap(t, "logits", "teacher").detach(), self.eps)
+        z_s = zscore(_tap(s, "logits", "student"), self.eps)
         return {"logit_std": self.weight * _kl_softened(z_s, z_t, self.temperature)}
 
 
@@ -132,6 +139,10 @@ class DKD(_LogitDistiller):
     softmax(z / T) and times T^2, as in mdistiller's `dkd_loss` (non-target softmax with the
     target logit shifted by -1000). Defaults from mdistiller's CIFAR-100 config: alpha = 1,
     beta = 8, T = 4, CE weight 1, and the loss ramped linearly over the first 20 epochs.
+    Beta is tuned per pair there (configs/cifar100/dkd/*.yaml): 2 for resnet56 -> resnet20 and
+    resnet110 -> resnet32; 6 for wrn_40_2 -> wrn_16_2, wrn_40_2 -> wrn_40_1, vgg13 -> vgg8 and
+    vgg13 -> MobileNetV2; the default 8 for resnet32x4 -> resnet8x4 and the ShuffleNet and
+    ResNet50 pairs. Sweep specs set it per pair (`[[pairs]]`, see `kd.sweep`).
 
     mdistiller counts epochs from 1 and scales by min(epoch / warmup, 1); `epoch` here is the
     0-based epoch index, so the factor is min((epoch + 1) / warmup, 1): the first epoch gets

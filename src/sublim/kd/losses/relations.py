@@ -13,7 +13,7 @@ from .base import (
     Distiller,
     Shapes,
     Taps,
-    _last_stage,
+    _last_feature,
     _match_spatial,
     _non_negative,
     _pair_taps,
@@ -113,8 +113,8 @@ class NST(Distiller):
     MMD^2 = mean_ij k(t_i, t_j) + mean_ij k(s_i, s_j) - 2 mean_ij k(s_i, t_j), where s_i, t_j are
     the channels' activation maps flattened over H*W and L2-normalised (so channel counts may
     differ; spatial sizes are pooled to the smaller). Averaged over the batch and summed over
-    pairs, as in RepDistiller, whose defaults are followed: weight 50 (`-b 50`), every stage
-    output (feat[1:-1]). The teacher-teacher term is a constant; it is kept so the value is the
+    pairs, as in RepDistiller, whose defaults are followed: weight 50 (`-b 50`), every benchmark
+    feature (feat[1:-1]; the raw residual sums on a WRN, see `_feature_taps`). The teacher-teacher term is a constant; it is kept so the value is the
     MMD itself.
     """
 
@@ -169,7 +169,8 @@ class SP(Distiller):
     L_SP = 1/b^2 sum_pairs ||G_T - G_S||_F^2, i.e. the sum of squared entry differences divided
     by b^2 (which is the mean over the b x b entries), exactly as RepDistiller's Similarity.
     Defaults from RepDistiller: weight 3000 (`-b 3000`, the paper's gamma for CIFAR-10) on the
-    last stage output of each side (feat[-2]). Any tap shape works (it is flattened).
+    last benchmark feature of each side (feat[-2]: "stageN", or the raw residual sum
+    "stage3_pre" on a WRN). Any tap shape works (it is flattened).
     """
 
     name = "sp"
@@ -186,8 +187,8 @@ class SP(Distiller):
         weight: float | None = None,
     ) -> None:
         super().__init__(s_shapes, t_shapes, weight=weight)
-        s_tap = student_tap or _last_stage(s_shapes, "student", "student_tap")
-        t_tap = teacher_tap or _last_stage(t_shapes, "teacher", "teacher_tap")
+        s_tap = student_tap or _last_feature(s_shapes, "student", "student_tap")
+        t_tap = teacher_tap or _last_feature(t_shapes, "teacher", "teacher_tap")
         _shape(s_shapes, s_tap, "student", "student_tap", None)
         _shape(t_shapes, t_tap, "teacher", "teacher_tap", None)
         self.student_taps = (s_tap,)

@@ -32,6 +32,11 @@ class SimKD(Distiller):
     teacher's last feature map is post-ReLU too). Defaults from their scripts: weight 1 and no
     cross-entropy (`-c 0 -d 0 -b 1`: ce_weight = 0), last stage output on both sides. Spatial
     sizes are aligned as in their code (the larger map pooled to the smaller).
+
+    "Last stage output" is the deepest post-activation "stageN", the map the teacher's
+    classifier pools, not the benchmark feature of the other methods: on a WRN those differ
+    (the raw residual sum "stage3_pre" vs "stage3", its final BN-ReLU), and the projector must
+    imitate what the reused classifier was trained on. The authors' code has no WRN.
     """
 
     name = "simkd"
