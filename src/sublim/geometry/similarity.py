@@ -1,0 +1,64 @@
+"""Representational similarity: linear CKA and RSA, for one pair or batched over K stacked models.
+
+Inputs are [N, D] or [K, N, D] (flatten per-sample features first); leading dimensions broadcast,
+so one teacher [N, D] against K students [K, N, D] gives K values.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .gram import center_gram
+
+
+def _center(x: Tensor) -> Tensor:
+    x = x if x.is_floating_point() else x.float()
+    return x - x.mean(dim=-2, keepdim=True)
+
+
+def linear_cka(x: Tensor, y: Tensor) -> Tensor:
+    """Linear CKA (Kornblith et al. 2019) of features centered over the N samples.
+
+    |Yc^T Xc|_F^2 / (|Xc^T Xc|_F |Yc^T Yc|_F), through whichever of the D x D or N x N forms is
+    cheaper; invariant to orthogonal transforms and isotropic scaling. A constant input gives NaN.
+    """
+    x, y = _center(x), _center(y)
+    n, dx, dy = x.shape[-2], x.shape[-1], y.shape[-1]
+    if n * n * (dx + dy) < n * (dx * dy + dx * dx + dy * dy):
+        return linear_cka_gram(x @ x.mT, y @ y.mT, centered=True)
+    xy = (y.mT @ x).square().sum((-2, -1))
+    xx = (x.mT @ x).square().sum((-2, -1))
+    yy = (y.mT @ y).square().sum((-2, -1))
+    return xy / (xx * yy).sqrt()
+
+
+def linear_cka_gram(kx: Tensor, ky: Tensor, *, centered: bool = False) -> Tensor:
+    """Linear CKA from Gram matrices [..., N, N] (uncentered unless `centered`)."""
+    if not centered:
+        kx, ky = center_gram(kx), center_gram(ky)
+    xy = (kx * ky).sum((-2, -1))
+    return xy / ((kx * kx).sum((-2, -1)) * (ky * ky).sum((-2, -1))).sqrt()
+
+
+def rdm(x: Tensor) -> Tensor:
+    """Representational dissimilarity matrix 1 - Pearson correlation between samples' features."""
+    x = x if x.is_floating_point() else x.float()
+    z = x - x.mean(dim=-1, keepdim=True)
+    z = z / z.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(z.dtype).tiny)
+    return 1 - z @ z.mT
+
+
+def rsa(x: Tensor, y: Tensor) -> Tensor:
+    """RSA: Pearson correlation of the upper triangles (n < m) of the two RDMs (1 - correlation).
+
+    Pearson, not the classic Spearman: no ranking, so it is cheap, batched and deterministic; a
+    monotone but non-linear relation between the RDMs scores below 1.
+    """
+    n = x.shape[-2]
+    iu = torch.triu_indices(n, n, offset=1)
+    u = rdm(x)[..., iu[0], iu[1]]
+    v = rdm(y)[..., iu[0], iu[1]]
+    u = u - u.mean(-1, keepdim=True)
+    v = v - v.mean(-1, keepdim=True)
+    return (u * v).sum(-1) / (u.norm(dim=-1) * v.norm(dim=-1))
