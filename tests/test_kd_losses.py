@@ -216,15 +216,16 @@ def test_logit_std_matches_reference():
 
 
 def test_logit_std_eps_expresses_vkd_normalized():
-    """The KD_wo_CE paper's VKDNormalized: z-scores with eps 1e-6, T = 4, weight 16."""
+    """The KD_wo_CE paper's VKDNormalized: z-scores with eps 1e-6, T = 4, and 16 times the KL
+    without T^2 (weight 1 here: `ref_kd`, like the method, includes the T^2 = 16)."""
     s, t = make_taps(S_SHAPES, 3), make_taps(T_SHAPES, 4)
     s["logits"] = s["logits"] * 1e-6  # a near-constant row, where eps matters
-    d = build("logit_std", temperature=4.0, weight=16.0, eps=1e-6)
+    d = build("logit_std", temperature=4.0, weight=1.0, eps=1e-6)
     zs = np.stack([np_zscore(z, 1e-6) for z in npy(s["logits"])])
     zt = np.stack([np_zscore(z, 1e-6) for z in npy(t["logits"])])
-    assert close(d(s, t, targets())["logit_std"], 16.0 * ref_kd(zs, zt, 4.0))
-    default = build("logit_std", temperature=4.0, weight=16.0)(s, t, targets())["logit_std"]
-    assert not close(default, 16.0 * ref_kd(zs, zt, 4.0), 1e-3)
+    assert close(d(s, t, targets())["logit_std"], ref_kd(zs, zt, 4.0))
+    default = build("logit_std", temperature=4.0, weight=1.0)(s, t, targets())["logit_std"]
+    assert not close(default, ref_kd(zs, zt, 4.0), 1e-3)
     with pytest.raises(ValueError, match="eps"):
         build("logit_std", eps=-1.0)
 

@@ -95,8 +95,9 @@ class LogitStd(_LogitDistiller):
     `normalize`; the std uses Bessel's correction (torch's default, as in their code); the paper
     writes the population std, a factor sqrt(K / (K - 1)) apart.
 
-    The KD_wo_CE paper's VKDNormalized is the same loss with temperature 4, weight 16 (T^2),
-    eps 1e-6 and CE weight 1 (the experiment's `ce_weight`).
+    The KD_wo_CE paper's VKDNormalized is the same loss with temperature 4, eps 1e-6 and CE
+    weight 1 (the experiment's `ce_weight`); its loss weight 16 multiplies a KL without the T^2
+    factor that this loss already contains, so here weight = 16 / T^2 = 1.
     """
 
     name = "logit_std"
