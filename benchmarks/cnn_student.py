@@ -56,6 +56,10 @@ def _faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
+def _now() -> tuple[float, int]:
+    return time.perf_counter(), _faults()
+
+
 def _timed(fn, steps: int, repeats: int) -> tuple[list[float], float]:
     """Seconds per step of `fn(steps)` per repeat, and minor faults per step over all repeats."""
     times, f0 = [], _faults()
@@ -76,15 +80,15 @@ def cnn_student(steps: int, repeats: int) -> dict[str, float]:
     teacher = build_model(config, "teacher", device)  # untrained: the step costs the same
     student = build_model(config, "student", device)
 
-    def train(n: int) -> None:
-        c = config.replace(noise_steps=n, student_epochs=1)
-        train_student(c, student, teacher, device, noise_norm)
-
-    train(3)  # warm-up
     counter = FlopCounterMode(display=False)
     with counter:
-        train(1)
-    times, faults = _timed(train, steps, repeats)
+        train_student(config.replace(noise_steps=1, student_epochs=1), student, teacher, device)
+    # one training of 1 + repeats epochs: the first is warm-up, each other one is a repeat
+    marks: list[tuple[float, int]] = []
+    c = config.replace(noise_steps=steps, student_epochs=repeats + 1)
+    train_student(c, student, teacher, device, noise_norm, on_epoch=lambda *_: marks.append(_now()))
+    times = [(b[0] - a[0]) / steps for a, b in zip(marks, marks[1:], strict=False)]
+    faults = (marks[-1][1] - marks[0][1]) / (steps * repeats)
     evaluate(student, data.test_x, data.test_y, norm)
     f0, start = _faults(), time.perf_counter()
     evaluate(student, data.test_x, data.test_y, norm)

@@ -35,6 +35,39 @@ def mlp_spec(hidden_dims: Sequence[int]) -> list[dict[str, Any]]:
     ]
 
 
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """`x` [N, C, H, W] in channels-last memory order (a view when C is 1 and x contiguous).
+
+    `contiguous(memory_format=...)` takes a 1-channel NCHW tensor as channels-last already, but
+    oneDNN reads the strides and would keep the next layers NCHW; this gives it stride 1 on C.
+    """
+    if x.shape[1] == 1 and x.is_contiguous():
+        n, _, h, w = x.shape
+        return x.as_strided(x.shape, (h * w, 1, w, 1))
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def apply_layer(entry: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
+    """A layer's activation and pool on its pre-activation output `x` (spec `entry`).
+
+    ReLU runs in place (no consumer of a layer's raw output needs it afterwards) and, before a
+    max pool, after it: max and ReLU commute exactly, gradients included."""
+    act, pool = entry["activation"], entry.get("pool")
+    relu_after_pool = act == "relu" and pool is not None and pool["type"] == "max"
+    if act == "relu" and not relu_after_pool:
+        x = F.relu_(x)
+    elif act not in ("relu", "none"):
+        x = _ACT[act](x)
+    if pool is not None:
+        if pool["type"] == "max":
+            x = F.max_pool2d(x, pool["kernel_size"], pool["stride"], pool["padding"])
+        elif pool["type"] == "avg":
+            x = F.avg_pool2d(x, pool["kernel_size"], pool["stride"], pool["padding"])
+        else:
+            x = F.adaptive_avg_pool2d(x, pool["output_size"])
+    return F.relu_(x) if relu_after_pool else x
+
+
 class SplitHeadNet(nn.Module):
     """Feature layers from a normalised spec, then `class_head` and `aux_head` (both linear)."""
 
@@ -77,25 +110,21 @@ class SplitHeadNet(nn.Module):
         else:
             self.layers["head"] = nn.Linear(self.feature_dim, num_classes + m)
         self._steps = [(e, self.layers[e["name"]]) for e in spec]
+        self._conv_first = spec[0]["type"] == "conv2d"
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Run the feature layers; returns [batch, feature_dim]."""
+        """Run the feature layers; returns [batch, feature_dim].
+
+        On the CPU a CNN runs channels-last (oneDNN's fast layout; max pooling is ~8x faster
+        in it) and a ReLU after a max pool's conv runs after the pool (they commute exactly,
+        values and gradients, on a quarter of the elements or fewer)."""
         flat = False
+        if self._conv_first and x.device.type == "cpu":
+            x = channels_last(x)
         for entry, layer in self._steps:
             if entry["type"] == "linear" and not flat:
                 x, flat = x.flatten(1), True
-            x = layer(x)
-            act = _ACT.get(entry["activation"])
-            if act is not None:
-                x = act(x)
-            pool = entry.get("pool")
-            if pool is not None:
-                if pool["type"] == "max":
-                    x = F.max_pool2d(x, pool["kernel_size"], pool["stride"], pool["padding"])
-                elif pool["type"] == "avg":
-                    x = F.avg_pool2d(x, pool["kernel_size"], pool["stride"], pool["padding"])
-                else:
-                    x = F.adaptive_avg_pool2d(x, pool["output_size"])
+            x = apply_layer(entry, layer(x))
         return x if flat else x.flatten(1)
 
     def head_tensors(self, which: str) -> tuple[torch.Tensor, torch.Tensor | None]:
