@@ -37,6 +37,8 @@ S_SHAPES = {
     "stage3_pre": (6, 2, 2),
     "pool": (6,),
     "logits": (K,),
+    "L0": (3, 8, 8),  # generalized layers (fkd reads these)
+    "L1": (6, 2, 2),
 }
 T_SHAPES = {
     "stem": (4, 8, 8),
@@ -46,6 +48,8 @@ T_SHAPES = {
     "stage3_pre": (8, 2, 2),
     "pool": (8,),
     "logits": (K,),
+    "L0": (4, 8, 8),
+    "L1": (8, 2, 2),
 }
 
 
@@ -68,6 +72,8 @@ def targets(seed: int = 0) -> Tensor:
 
 
 def build(name: str, s_shapes=S_SHAPES, t_shapes=T_SHAPES, **params) -> Distiller:
+    if name == "fkd":  # it distils listed generalized layers; tests/test_kd_fkd.py covers it
+        params = {"student_layers": [0, 1], "teacher_layers": [0, 1], **params}
     torch.manual_seed(0)  # module init only; the numbers checked do not depend on it
     return create_distiller(name, s_shapes, t_shapes, **params).double()
 
@@ -701,12 +707,12 @@ def test_cuda_matches_cpu(name, monkeypatch):
 
 def test_registry_and_defaults():
     assert set(METHODS) == {
-        "kd", "logit_std", "fitnets", "at", "ft", "rkd", "nst", "sp", "dkd", "simkd"
+        "kd", "logit_std", "fitnets", "at", "ft", "rkd", "nst", "sp", "dkd", "simkd", "fkd"
     }  # fmt: skip
     weights = {name: cls.default_weight for name, cls in METHODS.items()}
     assert weights == {
         "kd": 0.9, "logit_std": 9.0, "fitnets": 100.0, "at": 1000.0, "ft": 200.0,
-        "rkd": 1.0, "nst": 50.0, "sp": 3000.0, "dkd": 1.0, "simkd": 1.0,
+        "rkd": 1.0, "nst": 50.0, "sp": 3000.0, "dkd": 1.0, "simkd": 1.0, "fkd": 1.0,
     }  # fmt: skip
     for name, cls in METHODS.items():
         assert cls.name == name and cls.__doc__ and "Reference" in cls.__doc__

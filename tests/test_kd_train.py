@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -86,13 +87,17 @@ def test_teacher_files_and_skip(cifar: Path, teacher: Path) -> None:
 @pytest.mark.parametrize("method", ["none", *sorted(METHODS)])
 def test_every_method_trains_two_steps(cifar: Path, teacher: Path, method: str) -> None:
     init = 1 if method in ("fitnets", "ft") else 0
-    config = _student(cifar, teacher, method, epochs=1, train_limit=100, init_epochs=init)
+    extra: dict[str, object] = {}
+    if method == "fkd":  # the paper's method on the zoo's generalized layers
+        layers = {"student_layers": [1, 2], "teacher_layers": [2, 4], "separate_head": True}
+        extra["method_params"] = layers
+    config = _student(cifar, teacher, method, epochs=1, train_limit=100, init_epochs=init, **extra)
     result = run_experiment(config)
     assert result["status"] == "completed"
     metrics = json.loads((Path(result["dir"]) / "metrics.json").read_text())
     assert len(metrics["epoch"]) == 1 + init
     assert all(np.isfinite(metrics["train_loss"]))
-    if method in ("fitnets", "ft", "simkd"):
+    if method in ("fitnets", "ft", "simkd", "fkd"):
         assert result["extra_parameters"] > 0
 
 
@@ -209,8 +214,8 @@ def test_schedules() -> None:
             "--method: invalid value 'crd'; allowed: none, at, dkd",
         ),
         (
-            ["distill", "--method", "kd", "--teacher", "resnet14", "--student", "resnet9"],
-            "--student: invalid value 'resnet9'",
+            ["distill", "--method", "kd", "--teacher", "resnet14", "--student", "resnet7"],
+            "--student: invalid value 'resnet7'",
         ),
         (
             [
@@ -388,6 +393,72 @@ def test_figure_specs_plan(spec: str, line: str, tmp_path: Path) -> None:
     plan = load_plan(path, str(tmp_path))
     assert plan.summary() == line
     assert all(s.teacher_checkpoint_path.endswith("best.pt") for s in plan.students)
+    dkd = [s for s in plan.students if s.method == "dkd"]
+    # mdistiller tunes DKD's beta per pair: 2 for the width-16 ResNet pairs (not the default 8)
+    assert all(s.method_params == {"beta": 2.0} for s in dkd)
+    assert all(s.method_params == {} for s in plan.students if s.method != "dkd")
+
+
+def test_kd_sweep_pairs_and_per_method_params(tmp_path: Path) -> None:
+    from sublim.kd.sweep import load_plan
+    from sublim.sweep.spec import SpecError
+
+    spec = tmp_path / "pairs.toml"
+    head = 'seeds = "0..1"\n[base]\ndataset = "cifar100"\n[grid]\nmethod = ["kd", "dkd"]\n'
+    spec.write_text(
+        head
+        + "[params.dkd]\nbeta = 8.5\nwarmup_epochs = 5\n"
+        + '[[pairs]]\nteacher = "resnet56"\nstudent = "resnet20"\nparams.dkd = { beta = 2.0 }\n'
+        + '[[pairs]]\nteacher = "wrn_40_2"\nstudent = "wrn_16_2"\nparams.dkd = { beta = 6.0 }\n'
+        + '[[pairs]]\nteacher = "vgg13"\nstudent = "vgg8"\n'
+    )
+    plan = load_plan(spec, str(tmp_path))
+    assert (len(plan.teachers), len(plan.students)) == (6, 12)  # 3 pairs x 2 seeds; x 2 methods
+    params = {(s.teacher, s.model, s.method): s.method_params for s in plan.students}
+    assert params[("resnet56", "resnet20", "dkd")] == {"beta": 2.0, "warmup_epochs": 5}
+    assert params[("wrn_40_2", "wrn_16_2", "dkd")] == {"beta": 6.0, "warmup_epochs": 5}
+    assert params[("vgg13", "vgg8", "dkd")] == {"beta": 8.5, "warmup_epochs": 5}
+    assert params[("vgg13", "vgg8", "kd")] == {}
+    # base/grid method_params are the most specific
+    spec.write_text(spec.read_text().replace("[grid]", "method_params = { beta = 1.0 }\n[grid]"))
+    spec.write_text(spec.read_text().replace('method = ["kd", "dkd"]', 'method = ["dkd"]'))
+    plan = load_plan(spec, str(tmp_path))
+    assert all(s.method_params == {"beta": 1.0, "warmup_epochs": 5} for s in plan.students)
+    one = 'teacher = "resnet56"\nstudent = "resnet20"\n'
+    bad = {
+        'teacher = "resnet56"\n' + head + '[[pairs]]\nteacher = "a"\nstudent = "b"\n': "not both",
+        one + head + "[params.dkd]\nbta = 2.0\n": "bta: not a parameter of 'dkd'",
+        one + head + "[params.dkdd]\nbeta = 2.0\n": "dkdd: not a method",
+        head + '[[pairs]]\nteacher = "resnet56"\n': "pairs[0]: student: expected a model name",
+        head + '[[pairs]]\nteacher = "a"\nstudent = "b"\nseed = 3\n': "pairs[0]: seed: unknown",
+    }
+    for text, message in bad.items():
+        spec.write_text(text)
+        with pytest.raises(SpecError, match=re.escape(message)):
+            load_plan(spec, str(tmp_path))
+
+
+def test_ft_init_stage_trains_the_paraphraser_alone_at_its_lr(
+    cifar: Path, teacher: Path, tmp_path: Path
+) -> None:
+    """RepDistiller's FT init stage: SGD on the paraphraser at lr 0.01 (for ResNet/WRN students),
+    the student in eval mode: its weights and BatchNorm statistics come out untouched."""
+    from sublim.kd.runner import load_teacher_weights
+    from sublim.kd.train import build_models
+
+    ck = str(experiment_dir(_config(cifar, teacher, model="resnet14", epochs=2)) / "best.pt")
+    config = _student(cifar, teacher, "ft", init_epochs=1, train_limit=100)
+    config = config.replace(outdir=str(tmp_path), teacher_checkpoint_path=ck)
+    first = run_experiment(config, stop_after=lambda e: e == 0)
+    assert first["status"] == "in_progress"
+    last = torch.load(Path(first["dir"]) / "last.pt", weights_only=True)
+    assert last["stage"] == "init" and last["history"]["lr"] == [0.01]
+    initial = build_models(config, torch.device("cpu"), load_teacher_weights(config)).student
+    assert _same(last["model"], initial.state_dict())  # running means/vars included
+    own = config.replace(method_params={"paraphraser_lr": None}, outdir=str(tmp_path / "b"))
+    first = run_experiment(own, stop_after=lambda e: e == 0)
+    last = torch.load(Path(first["dir"]) / "last.pt", weights_only=True)
+    assert last["history"]["lr"] == [config.lr]  # None: the recipe's --lr
 
 
 def test_mnist_family_fits_the_cifar_models(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""`sublim kd train-teacher | distill | sweep`: flags -> KDConfig -> run_experiment / a sweep."""
+"""`sublim kd train-teacher | distill | sweep | layers`: flags -> KDConfig -> an experiment or a
+sweep; `layers` prints a model's generalized layers."""
 
 from __future__ import annotations
 
@@ -21,6 +22,10 @@ RECIPE_DEFAULTS = {
     "gamma": "0.1",
     "warmup_epochs": "0",
     "label_smoothing": "0.1",
+    "optimizer": "sgd",
+    "pct_start": "0.3",
+    "onecycle_plan": "exact",
+    "backbone_lr_mult": "0.01",
 }
 
 
@@ -39,13 +44,22 @@ def add_parser(sub: Any, parser_class: type) -> None:
     kd_sub = kd.add_subparsers(dest="kd_command", metavar="COMMAND", parser_class=parser_class)
     teacher = kd_sub.add_parser("train-teacher", help="train a teacher with cross-entropy")
     teacher.add_argument("--model", default="resnet56", help="model name (default: %(default)s)")
+    teacher.add_argument(
+        "--pretrained",
+        default=None,
+        metavar="PATH|auto",
+        help="start from torchvision-layout ImageNet weights (resnet34, vgg19_bn, vit_b): a .pth "
+        "state dict, or auto to download PyTorch's published file; the backbone then learns at "
+        "lr x --backbone-lr-mult",
+    )
     _common(teacher)
     distill = kd_sub.add_parser("distill", help="distil a student from a trained teacher")
     distill.add_argument(
         "--method",
         required=True,
         help="none (the student alone, cross-entropy only), kd, logit_std, fitnets, at, ft, rkd, "
-        "nst, sp, dkd or simkd",
+        "nst, sp, dkd, simkd or fkd (feature distillation over generalized layers: the KD_wo_CE "
+        "paper's method and baselines)",
     )
     distill.add_argument("--teacher", required=True, help="teacher model name, e.g. resnet110")
     distill.add_argument("--student", required=True, help="student model name, e.g. resnet20")
@@ -93,6 +107,18 @@ def add_parser(sub: Any, parser_class: type) -> None:
     )
     sweep.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     sweep.add_argument("--quiet", action="store_true", help="no per-experiment lines")
+    layers = kd_sub.add_parser(
+        "layers",
+        help="print a model's generalized layers (index, name, shape)",
+        description="The generalized layers of a model (the output of each ReLU, residual, "
+        "inverted or encoder block and Flatten, in forward order) with their per-sample shapes "
+        "for a dataset's input size: the indices fkd's student_layers / teacher_layers take "
+        "(negative indices count from the end).",
+    )
+    layers.add_argument("model", help="model name, e.g. resnet34")
+    layers.add_argument(
+        "--dataset", default="cifar100", help="sets the input size (default: %(default)s)"
+    )
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -108,14 +134,27 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", default="0", help="(default: %(default)s)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     g.add_argument("--train-limit", default="0", help="use only the first N training images")
+    g.add_argument("--test-limit", default="0", help="evaluate on the first N test images only")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     r = p.add_argument_group("training recipe")
+    r.add_argument(
+        "--preset",
+        default=None,
+        help="a named recipe; flags given explicitly win: kd-wo-ce-50e (AdamW, OneCycle, 50 "
+        "epochs, the KD_wo_CE paper's protocol) or kd-wo-ce-240e (its SGD 240-epoch protocol)",
+    )
     for name, default in RECIPE_DEFAULTS.items():
         r.add_argument(
             "--" + name.replace("_", "-"),
-            default=default,
-            help=f"(default: %(default)s){_HELP.get(name, '')}",
+            default=None,
+            help=f"(default: {default}){_HELP.get(name, '')}",
         )
+    r.add_argument(
+        "--ce-weight",
+        default=None,
+        help="cross-entropy weight (default: the method's reference weight; 1 without a method)",
+    )
+    r.add_argument("--drop-last", action="store_true", help="drop each epoch's last partial batch")
     r.add_argument(
         "--augment",
         default=None,
@@ -128,14 +167,32 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 _HELP = {
-    "schedule": "; cosine or multistep",
+    "schedule": "; cosine, multistep (per epoch) or onecycle (per batch; --lr is the peak)",
     "milestones": "; multistep: epochs where lr is multiplied by --gamma",
+    "optimizer": "; sgd or adamw (--momentum and --nesterov are SGD's)",
+    "pct_start": "; onecycle: share of the steps warming up",
+    "onecycle_plan": "; exact, or reference (the KD_wo_CE code's one extra planned step per epoch)",
+    "backbone_lr_mult": "; with --pretrained: lr multiplier of the layers before the classifier",
 }
 
 
 def config_from_args(ns: argparse.Namespace) -> Any:
     """A KDConfig from parsed flags (one-line errors naming the flag)."""
-    from ..kd.config import KDConfig
+    from ..kd.config import KDConfig, preset_fields
+
+    role = "teacher" if ns.kd_command == "train-teacher" else "student"
+    model = ns.model if role == "teacher" else ns.student
+    method = "none" if role == "teacher" else ns.method.strip().lower()
+    preset = {} if ns.preset is None else preset_fields(ns.preset, role, model, method)
+
+    def text(name: str) -> str:  # the flag's value, else the preset's, else the default
+        given = getattr(ns, name)
+        if given is not None:
+            return str(given)
+        if name in preset:
+            value = preset[name]
+            return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        return RECIPE_DEFAULTS[name]
 
     kw: dict[str, Any] = {
         "dataset": ns.dataset.strip().lower(),
@@ -144,30 +201,38 @@ def config_from_args(ns: argparse.Namespace) -> Any:
         "device": ns.device.strip().lower(),
         "seed": parse_int("--seed", ns.seed),
         "train_limit": parse_int("--train-limit", ns.train_limit),
-        "epochs": parse_int("--epochs", ns.epochs),
-        "batch_size": parse_int("--batch-size", ns.batch_size),
-        "lr": parse_float("--lr", ns.lr),
-        "momentum": parse_float("--momentum", ns.momentum),
-        "weight_decay": parse_float("--weight-decay", ns.weight_decay),
-        "schedule": ns.schedule.strip().lower(),
-        "milestones": tuple(parse_int("--milestones", m) for m in ns.milestones.split(",") if m),
-        "gamma": parse_float("--gamma", ns.gamma),
-        "warmup_epochs": parse_int("--warmup-epochs", ns.warmup_epochs),
-        "label_smoothing": parse_float("--label-smoothing", ns.label_smoothing),
-        "augment": ns.augment,
+        "test_limit": parse_int("--test-limit", ns.test_limit),
+        "epochs": parse_int("--epochs", text("epochs")),
+        "batch_size": parse_int("--batch-size", text("batch_size")),
+        "lr": parse_float("--lr", text("lr")),
+        "momentum": parse_float("--momentum", text("momentum")),
+        "weight_decay": parse_float("--weight-decay", text("weight_decay")),
+        "schedule": text("schedule").strip().lower(),
+        "milestones": tuple(
+            parse_int("--milestones", m) for m in text("milestones").split(",") if m
+        ),
+        "gamma": parse_float("--gamma", text("gamma")),
+        "warmup_epochs": parse_int("--warmup-epochs", text("warmup_epochs")),
+        "label_smoothing": parse_float("--label-smoothing", text("label_smoothing")),
+        "optimizer": text("optimizer").strip().lower(),
+        "pct_start": parse_float("--pct-start", text("pct_start")),
+        "onecycle_plan": text("onecycle_plan").strip().lower(),
+        "backbone_lr_mult": parse_float("--backbone-lr-mult", text("backbone_lr_mult")),
+        "augment": ns.augment if ns.augment is not None else preset.get("augment"),
+        "drop_last": ns.drop_last or bool(preset.get("drop_last", False)),
+        "ce_weight": None if ns.ce_weight is None else parse_float("--ce-weight", ns.ce_weight),
         "nesterov": ns.nesterov,
         "amp": ns.amp,
         "channels_last": ns.channels_last,
     }
-    if ns.kd_command == "train-teacher":
-        return KDConfig(role="teacher", model=ns.model, **kw)
+    if role == "teacher":
+        return KDConfig(role="teacher", model=ns.model, pretrained=ns.pretrained, **kw)
     try:
         params = json.loads(ns.method_params)
     except json.JSONDecodeError as exc:
         raise ConfigError("--method-params", ns.method_params, f"not JSON ({exc.msg})") from None
     from ..kd.losses import explicit_params
 
-    method = ns.method.strip().lower()
     if not isinstance(params, dict):
         raise ConfigError("--method-params", ns.method_params, "expected a JSON object")
     return KDConfig(
@@ -189,10 +254,12 @@ def cmd_kd(ns: argparse.Namespace) -> int:
 
     if ns.kd_command is None:
         raise UserError(
-            "kd: give a command: train-teacher, distill or sweep (see 'sublim kd --help')"
+            "kd: give a command: train-teacher, distill, sweep or layers (see 'sublim kd --help')"
         )
     if ns.kd_command == "sweep":
         return _cmd_sweep(ns)
+    if ns.kd_command == "layers":
+        return _cmd_layers(ns)
     config = resolve_teacher(config_from_args(ns))
     prepare_check(config)
     progress = not ns.quiet and sys.stderr.isatty()
@@ -225,3 +292,28 @@ def _cmd_sweep(ns: argparse.Namespace) -> int:
     again = load_plan(ns.spec, ns.outdir, ns.seeds)
     print(again.summary() + (f"; {failures} failed" if failures else ""))
     return 1 if failures else 0
+
+
+def _cmd_layers(ns: argparse.Namespace) -> int:
+    """Print the generalized-layer table of a model for a dataset's input size."""
+    from ..kd.config import KD_DATASETS, MODEL_NAMES
+
+    model, dataset = ns.model.strip().lower(), ns.dataset.strip().lower()
+    if model not in MODEL_NAMES:
+        raise ConfigError("model", ns.model, f"allowed: {', '.join(MODEL_NAMES)}")
+    if dataset not in KD_DATASETS:
+        raise ConfigError("--dataset", ns.dataset, f"allowed: {', '.join(KD_DATASETS)}")
+    import torch
+
+    from ..kd.models import create_model
+
+    classes, shape = KD_DATASETS[dataset]
+    with torch.device("meta"):
+        net = create_model(model, classes, image_size=shape[1])
+    rows = net.layer_table(shape)
+    width = max(len(r.name) for r in rows)
+    print(f"{model} on {dataset} ({'x'.join(map(str, shape))}): {len(rows)} generalized layers")
+    for r in rows:
+        neg = r.index - len(rows)
+        print(f"{r.index:>4} {neg:>5}  {r.name:<{width}}  {'x'.join(map(str, r.shape))}")
+    return 0

@@ -2,8 +2,9 @@
 
 Frozen and validated like ExperimentConfig; its hash names the experiment's directory, so an
 identical experiment is recognised and not rerun. The training recipe is configuration: SGD
-(lr, momentum, weight decay, Nesterov), cosine or multi-step schedule with linear warm-up,
-epochs, batch size, label smoothing, augmentation, mixed precision and channels_last (CUDA).
+(lr, momentum, weight decay, Nesterov) or AdamW, cosine or multi-step schedule with linear warm-up
+or OneCycle stepped per batch, epochs, batch size, label smoothing, augmentation, ImageNet-pretrained
+starting weights with a backbone learning-rate multiplier, mixed precision and channels_last (CUDA).
 """
 
 from __future__ import annotations
@@ -29,9 +30,20 @@ KD_DATASETS: dict[str, tuple[int, tuple[int, int, int]]] = {  # classes, input s
     "fashion-mnist": (10, (3, 32, 32)),
     "kmnist": (10, (3, 32, 32)),
 }
-SCHEDULES = ("cosine", "multistep")
+SCHEDULES = ("cosine", "multistep", "onecycle")
+OPTIMIZERS = ("sgd", "adamw")
 DIGITS = ("svhn", "mnist", "kmnist")  # no horizontal flips by default
-FLOAT_FIELDS = ("lr", "momentum", "weight_decay", "gamma", "label_smoothing", "alpha")
+FLOAT_FIELDS = (
+    "lr",
+    "momentum",
+    "weight_decay",
+    "gamma",
+    "label_smoothing",
+    "alpha",
+    "pct_start",
+    "backbone_lr_mult",
+    "ce_weight",
+)
 ROLES = ("teacher", "student")
 # The names kd.models and kd.losses register (they check at import that they match), so that
 # validating a config needs neither torch nor the model code.
@@ -62,9 +74,46 @@ MODEL_NAMES = (
     "vit_b",
     "vit_ett",
 )
-METHOD_NAMES = ("kd", "logit_std", "fitnets", "at", "ft", "rkd", "nst", "sp", "dkd", "simkd")
+METHOD_NAMES = (
+    "kd",
+    "logit_std",
+    "fitnets",
+    "at",
+    "ft",
+    "rkd",
+    "nst",
+    "sp",
+    "dkd",
+    "simkd",
+    "fkd",
+)
 # Fields that never change results: where to read and write, and how to show progress.
-NON_RESULT = frozenset({"data_dir", "outdir", "device", "teacher_checkpoint_path"})
+NON_RESULT = frozenset({"data_dir", "outdir", "device", "teacher_checkpoint_path", "pretrained"})
+# Fields added after experiments were published: left out of the hash at their defaults, so
+# existing experiment directories keep their names.
+NEW_FIELD_DEFAULTS: dict[str, Any] = {
+    "optimizer": "sgd",
+    "pct_start": 0.3,
+    "drop_last": False,
+    "pretrained_id": None,
+    "backbone_lr_mult": 0.01,
+    "ce_weight": None,
+    "onecycle_plan": "exact",
+    "test_limit": 0,
+}
+ONECYCLE_PLANS = ("exact", "reference")
+# Methods whose default behaviour changed after experiments were published (the benchmark's
+# features on WRNs for AT, NST, SP, FitNets and FT; RepDistiller's FT formula; logit
+# standardisation's CE weight 0.1): the revision enters their hash, so an old experiment is
+# never taken for a new one and rerun commands train the corrected method.
+METHOD_REVISIONS: dict[str, int] = {
+    "at": 2,
+    "nst": 2,
+    "sp": 2,
+    "fitnets": 2,
+    "ft": 2,
+    "logit_std": 2,
+}
 
 
 def _flag(name: str) -> str:
@@ -99,7 +148,15 @@ class KDConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = False
-    schedule: str = "cosine"
+    optimizer: str = (
+        "sgd"  # sgd, or adamw (betas 0.9/0.999; --weight-decay is AdamW's decoupled one)
+    )
+    schedule: str = "cosine"  # cosine | multistep (per epoch) | onecycle (per batch)
+    pct_start: float = 0.3  # onecycle: share of the steps spent warming up to --lr
+    # onecycle: "exact" plans the steps actually taken; "reference" plans int(N / B + 1) per epoch
+    # as the KD_wo_CE code does (one more than it takes, so it never quite reaches the final lr)
+    onecycle_plan: str = "exact"
+    drop_last: bool = False  # drop the last partial training batch of each epoch
     milestones: tuple[int, ...] = (150, 180, 210)
     gamma: float = 0.1
     warmup_epochs: int = 0
@@ -108,6 +165,14 @@ class KDConfig:
     amp: bool = False  # float16 autocast + GradScaler (CUDA only; no effect on a CPU)
     channels_last: bool = False  # CUDA only
     train_limit: int = 0  # use only the first N training images (0: all); for smoke tests
+    test_limit: int = 0  # evaluate on the first N test images only (0: all); for smoke tests
+    # cross-entropy weight; None: the method's reference weight (1 for a plain training)
+    ce_weight: float | None = None
+    # ImageNet weights to start from: a torchvision-layout .pth path or "auto" (download); the
+    # weights' identity (`pretrained_id`, set when the file is resolved) enters the hash
+    pretrained: str | None = None
+    pretrained_id: str | None = None
+    backbone_lr_mult: float = 0.01  # with pretrained weights: lr of the layers before the head
 
     def __post_init__(self) -> None:
         for name in FLOAT_FIELDS:  # 0 and 0.0 are one experiment (TOML gives ints, flags floats)
@@ -144,7 +209,7 @@ class KDConfig:
                 raise ConfigError("--method", self.method, f"allowed: {allowed}")
         elif self.method != "none" or self.teacher is not None:
             raise ConfigError("--method", self.method, "a teacher is trained without distillation")
-        for name in ("seed", "warmup_epochs", "train_limit"):
+        for name in ("seed", "warmup_epochs", "train_limit", "test_limit"):
             _int(name, getattr(self, name), 0)
         for name in ("epochs", "batch_size"):
             _int(name, getattr(self, name), 1)
@@ -160,6 +225,26 @@ class KDConfig:
                 raise ConfigError("--alpha", self.alpha, "expected a number in [0, 1]")
         if self.schedule not in SCHEDULES:
             raise ConfigError("--schedule", self.schedule, f"allowed: {', '.join(SCHEDULES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError("--optimizer", self.optimizer, f"allowed: {', '.join(OPTIMIZERS)}")
+        if self.onecycle_plan not in ONECYCLE_PLANS:
+            raise ConfigError(
+                "--onecycle-plan", self.onecycle_plan, f"allowed: {', '.join(ONECYCLE_PLANS)}"
+            )
+        _number("pct_start", self.pct_start, positive=True)
+        if self.pct_start >= 1:
+            raise ConfigError("--pct-start", self.pct_start, "expected a number in (0, 1)")
+        if self.schedule == "onecycle" and self.warmup_epochs:
+            raise ConfigError(
+                "--warmup-epochs", self.warmup_epochs, "onecycle warms up by itself; use 0"
+            )
+        if self.optimizer == "adamw" and self.nesterov:
+            raise ConfigError("--nesterov", True, "only with --optimizer sgd")
+        _number("backbone_lr_mult", self.backbone_lr_mult, positive=False)
+        if self.ce_weight is not None:
+            _number("ce_weight", self.ce_weight, positive=False)
+        if self.pretrained is not None and not isinstance(self.pretrained, str):
+            raise ConfigError("--pretrained", self.pretrained, "expected a .pth path or auto")
         if any(not isinstance(m, int) or m < 1 for m in self.milestones):
             raise ConfigError("--milestones", self.milestones, "expected epochs >= 1")
         if not isinstance(self.method_params, dict):
@@ -172,7 +257,7 @@ class KDConfig:
                     self.init_epochs,
                     "only fitnets (hint stage) and ft (paraphraser)",
                 )
-        for name in ("nesterov", "amp", "channels_last"):
+        for name in ("nesterov", "amp", "channels_last", "drop_last"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(_flag(name), getattr(self, name), "expected true or false")
         if self.augment is not None and not isinstance(self.augment, str):
@@ -222,9 +307,22 @@ class KDConfig:
         if self.schedule != "multistep":
             d.pop("milestones")
             d.pop("gamma")
+        if self.schedule != "onecycle":
+            d.pop("pct_start")
+            d.pop("onecycle_plan")
+        if self.optimizer == "adamw":
+            d.pop("momentum")
+            d.pop("nesterov")
+        if self.pretrained_id is None:
+            d.pop("backbone_lr_mult")
+        for k, default in NEW_FIELD_DEFAULTS.items():
+            if k in d and d[k] == default:
+                d.pop(k)
         if self.role == "teacher":
             for k in ("teacher", "teacher_hash", "method", "method_params", "alpha", "init_epochs"):
                 d.pop(k)
+        elif self.method in METHOD_REVISIONS:
+            d["method_revision"] = METHOD_REVISIONS[self.method]
         return d
 
     @property
@@ -238,6 +336,8 @@ class KDConfig:
         recipe = {f.name: getattr(self, f.name) for f in fields(self)}
         for k in ("teacher", "teacher_hash", "method", "method_params", "alpha", "init_epochs"):
             recipe.pop(k)
+        for k in ("ce_weight", "pretrained", "pretrained_id"):  # the student's own
+            recipe.pop(k)
         recipe.update(role="teacher", model=self.teacher, teacher_checkpoint_path=None)
         return KDConfig(**recipe)
 
@@ -245,10 +345,42 @@ class KDConfig:
         """A validated copy with some fields changed."""
         return replace(self, **changes)
 
+    @property
+    def stepped_per_batch(self) -> bool:
+        """Whether the learning rate changes every batch (onecycle) rather than every epoch."""
+        return self.schedule == "onecycle"
+
+    def onecycle_at(self, step: int, steps_per_epoch: int) -> tuple[float, float]:
+        """(lr, beta1/momentum) at main-stage batch `step` (0-based) of a OneCycle schedule.
+
+        PyTorch's OneCycleLR with its defaults (cosine annealing, div_factor 25, final_div_factor
+        1e4, momentum cycled between 0.85 and 0.95), max_lr = --lr, pct_start = --pct-start, as a
+        pure function of the step so that a resumed run continues exactly."""
+        per_epoch = steps_per_epoch
+        if self.onecycle_plan == "reference":  # the KD_wo_CE code's int(N / B + 1)
+            per_epoch = steps_per_epoch + 1
+        total = self.epochs * per_epoch
+        initial = self.lr / 25.0
+        final = initial / 1e4
+        end_up = float(self.pct_start * total) - 1
+        end_down = float(total - 1)
+
+        def anneal(start: float, end: float, pct: float) -> float:
+            return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+
+        if step <= end_up:
+            pct = step / end_up if end_up > 0 else 1.0
+            return anneal(initial, self.lr, pct), anneal(0.95, 0.85, pct)
+        pct = (step - end_up) / (end_down - end_up)
+        return anneal(self.lr, final, pct), anneal(0.85, 0.95, pct)
+
     def lr_at(self, epoch: int) -> float:
-        """Learning rate of main-stage epoch `epoch` (0-based): warm-up, then the schedule."""
+        """Learning rate of main-stage epoch `epoch` (0-based): warm-up, then the schedule
+        (onecycle changes every batch: see `onecycle_at`)."""
         if epoch < self.warmup_epochs:
             return self.lr * (epoch + 1) / (self.warmup_epochs + 1)
+        if self.schedule == "onecycle":
+            raise ValueError("onecycle changes the lr every batch; use onecycle_at")
         if self.schedule == "cosine":
             t = (epoch - self.warmup_epochs) / max(1, self.epochs - self.warmup_epochs)
             return 0.5 * self.lr * (1 + math.cos(math.pi * t))
@@ -266,3 +398,50 @@ def _number(name: str, value: Any, positive: bool) -> None:
         raise ConfigError(
             _flag(name), value, f"expected a finite number {'>' if positive else '>='} 0"
         )
+
+
+# ------------------------------------------------------------------ presets
+# The KD_wo_CE paper's two protocols (spec sections 1.3 and 6.1). The learning rate is the one
+# its code really uses (the config's LearningRate: 0.05 for ResNet9 and MobileNetV2 students in
+# distillation, 0.01 for VGG11 and ViT_ETT and for every training without a teacher); its
+# `MaxLR` field is hashed but never read (spec 9.1), so it is not used here.
+_PAPER_LR = {"resnet9": 0.05, "mobilenetv2_w1": 0.05, "vgg11_bn": 0.01, "vit_ett": 0.01}
+_PAPER_COMMON: dict[str, Any] = {
+    "batch_size": 128,
+    "augment": "none",
+    "label_smoothing": 0.0,
+    "drop_last": True,
+}
+KD_PRESETS: dict[str, dict[str, Any]] = {
+    # 50 epochs, AdamW (weight decay 0.01), OneCycle stepped per batch, pct_start 0.3
+    "kd-wo-ce-50e": {
+        **_PAPER_COMMON,
+        "epochs": 50,
+        "optimizer": "adamw",
+        "weight_decay": 0.01,
+        "schedule": "onecycle",
+        "pct_start": 0.3,
+    },
+    # "+240E": SGD momentum 0.9, weight decay 5e-4, x0.1 at epochs 150, 180, 210 (CRD/SemCKD)
+    "kd-wo-ce-240e": {
+        **_PAPER_COMMON,
+        "epochs": 240,
+        "optimizer": "sgd",
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "schedule": "multistep",
+        "milestones": (150, 180, 210),
+        "gamma": 0.1,
+    },
+}
+
+
+def preset_fields(name: str, role: str, model: str, method: str = "none") -> dict[str, Any]:
+    """The fields preset `name` sets for one experiment (its lr depends on the model and on
+    whether it distils); ConfigError for an unknown preset."""
+    if name not in KD_PRESETS:
+        raise ConfigError("--preset", name, f"allowed: {', '.join(KD_PRESETS)}")
+    out = dict(KD_PRESETS[name])
+    distils = role == "student" and method != "none"
+    out["lr"] = _PAPER_LR.get(model, 0.05) if distils else 0.01
+    return out

@@ -32,10 +32,15 @@ def load_kd_data(config: KDConfig, progress: bool = False) -> KDData:
         _CACHE.clear()  # one dataset at a time: they are large
         _CACHE[key] = _load(config.dataset, Path(key[1]), progress)
     data = _CACHE[key]
-    if config.train_limit:
-        n = config.train_limit
+    if config.train_limit or config.test_limit:
+        n, m = config.train_limit or None, config.test_limit or None
         data = KDData(
-            data.train_x[:n], data.train_y[:n], data.test_x, data.test_y, data.mean, data.std
+            data.train_x[:n],
+            data.train_y[:n],
+            data.test_x[:m],
+            data.test_y[:m],
+            data.mean,
+            data.std,
         )
     return data
 

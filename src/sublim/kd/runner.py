@@ -150,18 +150,18 @@ def prepare_check(config: KDConfig, teacher: bool = True) -> None:
         load_teacher_weights(config)
     from .losses import create_distiller
     from .models import create_model
+    from .train import method_params, model_shapes
 
+    size = config.input_shape[1]
     with torch.device("meta"):
-        student = create_model(config.model, config.num_classes, image_size=config.input_shape[1])
-        teacher_net = create_model(
-            config.teacher, config.num_classes, image_size=config.input_shape[1]
-        )
+        student = create_model(config.model, config.num_classes, image_size=size)
+        teacher_net = create_model(config.teacher, config.num_classes, image_size=size)
         try:
             create_distiller(
                 config.method,
-                student.tap_shapes(config.input_shape),
-                teacher_net.tap_shapes(config.input_shape),
-                **config.method_params,
+                model_shapes(student, config.input_shape),
+                model_shapes(teacher_net, config.input_shape),
+                **method_params(config),
             )
         except ConfigError:
             raise

@@ -12,6 +12,19 @@ A spec (TOML):
     [grid]                         # any student field; every combination is one experiment
     dataset = ["cifar100", "cifar10"]
     method = ["none", "kd", "at"]
+    [params.dkd]                   # optional: a method's parameters wherever it runs
+    beta = 2.0
+
+Instead of the top-level teacher and student, `[[pairs]]` entries run the grid for several
+teacher -> student pairs, each with optional parameters of its own (over `[params]`):
+
+    [[pairs]]
+    teacher = "wrn_40_2"
+    student = "wrn_16_2"
+    params.dkd = { beta = 6.0 }   # mdistiller's value for this pair
+
+A method's parameters are `[params.<method>]`, then the pair's `params.<method>`, then any
+`method_params` of base or grid (most specific last).
 
 One teacher experiment per (dataset, teacher, seed, recipe) is trained first; a student is
 submitted when its teacher has completed, and reads that teacher's best.pt. Completed
@@ -31,10 +44,22 @@ from typing import Any
 
 from ..errors import UserError
 from ..sweep.spec import SpecError, parse_seeds, read_toml
-from .config import KDConfig
+from .config import METHOD_NAMES, KDConfig
 from .experiment import Experiment, experiment_dir
 
-TOP_KEYS = ("name", "description", "seeds", "teacher", "student", "base", "teacher_recipe", "grid")
+TOP_KEYS = (
+    "name",
+    "description",
+    "seeds",
+    "teacher",
+    "student",
+    "pairs",
+    "params",
+    "base",
+    "teacher_recipe",
+    "grid",
+)
+PAIR_KEYS = ("teacher", "student", "params")
 OWNED = ("role", "seed", "outdir", "teacher_checkpoint_path", "model", "teacher")
 FIELDS = tuple(f.name for f in fields(KDConfig))
 
@@ -76,9 +101,8 @@ def load_plan(path: str | Path, outdir: str, seeds: str | None = None) -> KDPlan
     unknown = [k for k in data if k not in TOP_KEYS]
     if unknown:
         raise SpecError(f"{path}: {unknown[0]}: unknown key; allowed: {', '.join(TOP_KEYS)}")
-    for key in ("teacher", "student"):
-        if not isinstance(data.get(key), str):
-            raise SpecError(f'{path}: {key}: expected a model name, e.g. {key} = "resnet56"')
+    pairs = _pairs(data, path)
+    params = _method_params(data.get("params", {}), f"{path}: params")
     base, teacher_recipe, grid = (dict(data.get(k, {})) for k in ("base", "teacher_recipe", "grid"))
     _check(base, f"{path}: base")
     _check(teacher_recipe, f"{path}: teacher_recipe")
@@ -92,25 +116,29 @@ def load_plan(path: str | Path, outdir: str, seeds: str | None = None) -> KDPlan
     seed_list = parse_seeds(seeds if seeds is not None else data.get("seeds", 0), f"{path}: seeds")
     teachers: dict[str, KDConfig] = {}
     students: dict[str, KDConfig] = {}
-    for combo in itertools.product(*grid.values()):
+    for (t_model, s_model, pair_params), combo, seed in itertools.product(
+        pairs, itertools.product(*grid.values()), seed_list
+    ):
         point = dict(zip(grid, combo, strict=True))
-        for seed in seed_list:
-            fields_ = {**base, **point, "seed": seed, "outdir": outdir}
-            where = f"{path} (at {', '.join(f'{k}={v}' for k, v in point.items()) or 'base'})"
-            student = _build(
-                where, role="student", model=data["student"], teacher=data["teacher"], **fields_
-            )
-            if student.role == "teacher":  # method none: the student alone, no teacher needed
-                teachers.setdefault(student.config_hash, student)
-                continue
-            recipe = {k: v for k, v in fields_.items() if k not in _STUDENT_ONLY}
-            teacher = _build(
-                where, role="teacher", model=data["teacher"], **{**recipe, **teacher_recipe}
-            )
-            teachers.setdefault(teacher.config_hash, teacher)
-            ck = str(experiment_dir(teacher) / "best.pt")
-            student = student.replace(teacher_checkpoint_path=ck, teacher_hash=teacher.config_hash)
-            students.setdefault(student.config_hash, student)
+        fields_ = {**base, **point, "seed": seed, "outdir": outdir}
+        method = str(fields_.get("method", "none"))
+        given = {**params.get(method, {}), **pair_params.get(method, {})}
+        if given and isinstance(fields_.get("method_params", {}), dict):
+            fields_["method_params"] = {**given, **fields_.get("method_params", {})}
+        at = ", ".join(f"{k}={v}" for k, v in point.items()) or "base"
+        if len(pairs) > 1:
+            at = f"{t_model} -> {s_model}, {at}"
+        where = f"{path} (at {at})"
+        student = _build(where, role="student", model=s_model, teacher=t_model, **fields_)
+        if student.role == "teacher":  # method none: the student alone, no teacher needed
+            teachers.setdefault(student.config_hash, student)
+            continue
+        recipe = {k: v for k, v in fields_.items() if k not in _STUDENT_ONLY}
+        teacher = _build(where, role="teacher", model=t_model, **{**recipe, **teacher_recipe})
+        teachers.setdefault(teacher.config_hash, teacher)
+        ck = str(experiment_dir(teacher) / "best.pt")
+        student = student.replace(teacher_checkpoint_path=ck, teacher_hash=teacher.config_hash)
+        students.setdefault(student.config_hash, student)
     done = {
         h
         for h, c in {**teachers, **students}.items()
@@ -121,7 +149,58 @@ def load_plan(path: str | Path, outdir: str, seeds: str | None = None) -> KDPlan
     )
 
 
-_STUDENT_ONLY = ("method", "method_params", "alpha", "init_epochs")
+def _pairs(data: dict[str, Any], path: Path) -> list[tuple[str, str, dict[str, dict[str, Any]]]]:
+    """(teacher, student, per-method parameters) of each pair: the top-level teacher and
+    student, or every `[[pairs]]` entry (not both)."""
+    if "pairs" in data:
+        for key in ("teacher", "student"):
+            if key in data:
+                raise SpecError(f"{path}: {key}: give the models in [[pairs]] or here, not both")
+        entries = data["pairs"]
+        if not isinstance(entries, list) or not entries:
+            raise SpecError(f"{path}: pairs: expected [[pairs]] tables with teacher and student")
+    else:
+        entries = [{k: data.get(k) for k in ("teacher", "student")}]
+    pairs = []
+    for i, entry in enumerate(entries):
+        where = f"{path}: pairs[{i}]" if "pairs" in data else str(path)
+        if not isinstance(entry, dict):
+            raise SpecError(f"{where}: expected a table with teacher and student")
+        unknown = [k for k in entry if k not in PAIR_KEYS]
+        if unknown:
+            raise SpecError(f"{where}: {unknown[0]}: unknown key; allowed: {', '.join(PAIR_KEYS)}")
+        for key in ("teacher", "student"):
+            if not isinstance(entry.get(key), str):
+                raise SpecError(f'{where}: {key}: expected a model name, e.g. {key} = "resnet56"')
+        own = _method_params(entry.get("params", {}), f"{where}: params")
+        pairs.append((entry["teacher"], entry["student"], own))
+    return pairs
+
+
+def _method_params(table: Any, where: str) -> dict[str, dict[str, Any]]:
+    """A `params` table: method name -> that method's parameters (checked against the method)."""
+    if not isinstance(table, dict):
+        raise SpecError(f"{where}: expected a table of methods, e.g. params.dkd = {{ beta = 2.0 }}")
+    if not table:
+        return {}
+    from .losses import METHODS, _parameters  # imports torch: only when a spec has params
+
+    for method, values in table.items():
+        if method not in METHOD_NAMES:
+            raise SpecError(f"{where}: {method}: not a method; allowed: {', '.join(METHOD_NAMES)}")
+        if not isinstance(values, dict):
+            raise SpecError(f"{where}.{method}: expected a table of parameters")
+        allowed = _parameters(METHODS[method])
+        for key in values:
+            if key not in allowed:
+                raise SpecError(
+                    f"{where}.{method}: {key}: not a parameter of {method!r}; allowed: "
+                    f"{', '.join(allowed)}"
+                )
+    return table
+
+
+_STUDENT_ONLY = ("method", "method_params", "alpha", "init_epochs", "ce_weight")
 
 
 def _build(where: str, **kw: Any) -> KDConfig:

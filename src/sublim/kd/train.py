@@ -9,8 +9,9 @@ CPU). This module computes; the `sink` it is given (kd.runner's experiment) writ
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -23,10 +24,58 @@ from ..engine.augment import Augmenter
 from ..engine.train import Normalizer
 from .config import KDConfig
 from .data import KDData
-from .losses import Distiller, combine, create_distiller
+from .losses import Distiller, combine, create_distiller, layer_tap
+from .losses.base import TapShapes
+from .losses.layers import STANDARD_LAYERS
 from .models import TapNet, create_model
 
 HISTORY_KEYS = ("epoch", "stage", "lr", "train_loss", "train_acc", "test_loss", "test_acc")
+_LAYER = re.compile(r"^L(\d+)$")
+
+
+def model_shapes(model: TapNet, in_shape: tuple[int, int, int]) -> TapShapes:
+    """Per-sample shapes of a model's named taps and of its generalized layers ("L<k>"), with
+    the taps that are its benchmark features (`TapNet.feature_taps`, the methods' defaults)."""
+    shapes = dict(model.tap_shapes(in_shape))
+    shapes.update({layer_tap(g.index): tuple(g.shape) for g in model.layer_table(in_shape)})
+    return TapShapes(shapes, getattr(model, "feature_taps", ()))
+
+
+def method_params(config: KDConfig) -> dict[str, Any]:
+    """The method's parameters, with fkd's layer lists defaulting to the paper's standard lists
+    of the two models (spec section 3) and the attention MLPs sized for the batch."""
+    params = dict(config.method_params)
+    if config.method == "fkd":
+        for key, model in (("student_layers", config.model), ("teacher_layers", config.teacher)):
+            if key not in params and model in STANDARD_LAYERS:
+                params[key] = list(STANDARD_LAYERS[model])
+        params.setdefault("batch_size", config.batch_size)
+    return params
+
+
+def run_taps(
+    model: TapNet,
+    x: torch.Tensor,
+    taps: Sequence[str],
+    *,
+    detach_after: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """A model's requested outputs: named taps through `forward`, generalized layers ("L<k>")
+    through `forward_layers`, which stops after the deepest one when "logits" is not asked for
+    (a teacher whose logits no loss reads) and with `detach_after` cuts the gradient after that
+    layer (the separated head)."""
+    layers = [int(m.group(1)) for t in taps if (m := _LAYER.match(t))]
+    if not layers and detach_after is None:
+        return model(x, taps)
+    named = [t for t in taps if t != "logits" and not _LAYER.match(t)]
+    if named:
+        raise ValueError(f"taps {named} cannot be mixed with generalized layers")
+    stop = None if "logits" in taps or not layers else max(layers)
+    feats, logits = model.forward_layers(x, layers, detach_after=detach_after, stop_after=stop)
+    out = {layer_tap(k): v for k, v in feats.items()}
+    if logits is not None:
+        out["logits"] = logits
+    return out
 
 
 class Sink(Protocol):
@@ -62,30 +111,38 @@ def build_models(
 ) -> Models:
     """The experiment's models, initialised from derived seeds (the global RNG is untouched)."""
     k = config.num_classes
+    size = config.input_shape[1]
     gen = seeds.generator(config.seed, "kd", "init", config.role, config.model)
-    student = create_model(config.model, k, generator=gen)
+    student = create_model(config.model, k, generator=gen, image_size=size)
+    if config.pretrained is not None:
+        from .pretrained import load_pretrained
+
+        load_pretrained(student, config.model, config.pretrained, size, generator=gen)
     if config.role == "teacher":
         return Models(student.to(device))
-    teacher = create_model(config.teacher, k, generator=torch.Generator().manual_seed(0))
+    teacher = create_model(
+        config.teacher, k, generator=torch.Generator().manual_seed(0), image_size=size
+    )
     teacher.load_state_dict(teacher_weights or {})
     teacher.eval().requires_grad_(False)
     models = Models(student.to(device), teacher.to(device))
     if config.method == "none":
         return models
-    params = dict(config.method_params)
+    params = method_params(config)
     if config.alpha is not None:
         params.setdefault("weight", 1.0)  # the notes' (1 - alpha) * CE + alpha * raw distill loss
     with torch.random.fork_rng(devices=[]):  # regressors, projectors: seeded, RNG untouched
         torch.manual_seed(seeds.derive(config.seed, "kd", "distiller", config.method))
         distiller = create_distiller(
             config.method,
-            student.tap_shapes(config.input_shape),
-            teacher.tap_shapes(config.input_shape),
+            model_shapes(student, config.input_shape),
+            model_shapes(teacher, config.input_shape),
             **params,
         )
     models.distiller = distiller.to(device)
     models.student_taps = tuple(dict.fromkeys(("logits", *distiller.student_taps)))
-    models.teacher_taps = tuple(dict.fromkeys(("logits", *distiller.teacher_taps)))
+    # the teacher computes only what the method reads (named-tap models return logits anyway)
+    models.teacher_taps = tuple(distiller.teacher_taps) or ("logits",)
     return models
 
 
@@ -99,9 +156,16 @@ def predict(models: Models, s: dict[str, torch.Tensor]) -> torch.Tensor:
     return s["logits"]
 
 
-def _optimizer(config: KDConfig, params: list[torch.nn.Parameter]) -> torch.optim.SGD:
+Groups = list[tuple[list[torch.nn.Parameter], float]]  # (parameters, lr multiplier)
+
+
+def _optimizer(config: KDConfig, groups: Groups) -> torch.optim.Optimizer:
+    """SGD or AdamW over parameter groups that carry their lr multiplier ("lr_mult")."""
+    param_groups = [{"params": p, "lr_mult": m} for p, m in groups if p]
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(param_groups, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(
-        params,
+        param_groups,
         lr=config.lr,
         momentum=config.momentum,
         weight_decay=config.weight_decay,
@@ -109,17 +173,41 @@ def _optimizer(config: KDConfig, params: list[torch.nn.Parameter]) -> torch.opti
     )
 
 
-def _stage_params(config: KDConfig, models: Models, stage: str) -> list[torch.nn.Parameter]:
+def set_lr(opt: torch.optim.Optimizer, lr: float, beta1: float | None = None) -> None:
+    """Set every group's lr (times its multiplier) and, for OneCycle, the cycled momentum
+    (AdamW's beta1 or SGD's momentum, as PyTorch's OneCycleLR does)."""
+    for group in opt.param_groups:
+        group["lr"] = lr * group.get("lr_mult", 1.0)
+        if beta1 is not None:
+            if "betas" in group:
+                group["betas"] = (beta1, group["betas"][1])
+            elif group.get("momentum", 0) > 0:
+                group["momentum"] = beta1
+
+
+def _stage_params(config: KDConfig, models: Models, stage: str) -> Groups:
     """What an optimizer updates: the paraphraser alone in FT's init stage, else the student and
-    the distiller's trainable modules (FT's paraphraser stays frozen after its stage)."""
+    the distiller's trainable modules (FT's paraphraser stays frozen after its stage). With
+    pretrained weights the student's backbone learns at lr x --backbone-lr-mult."""
     d = models.distiller
     if stage == "init" and config.method == "ft":
-        return list(d.paraphraser.parameters())  # type: ignore[union-attr]
-    params = list(models.student.parameters())
+        return [(list(d.paraphraser.parameters()), 1.0)]  # type: ignore[union-attr]
+    if config.pretrained is not None:
+        split = models.student.param_groups()
+        groups = [(split["backbone"], config.backbone_lr_mult), (split["head"], 1.0)]
+    else:
+        groups = [(list(models.student.parameters()), 1.0)]
     if d is not None:
         skip = set(map(id, d.paraphraser.parameters())) if config.method == "ft" else set()
-        params += [p for p in d.parameters() if p.requires_grad and id(p) not in skip]
-    return params
+        groups.append(([p for p in d.parameters() if p.requires_grad and id(p) not in skip], 1.0))
+    return groups
+
+
+def _init_lr(config: KDConfig, models: Models) -> float:
+    """The constant learning rate of the init stage: FT's `paraphraser_lr` (RepDistiller's 0.01)
+    unless it is None, else the recipe's --lr."""
+    lr = getattr(models.distiller, "paraphraser_lr", None) if config.method == "ft" else None
+    return config.lr if lr is None else float(lr)
 
 
 @torch.no_grad()
@@ -133,14 +221,16 @@ def evaluate(
 ) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of the student on the test set (already on the device)."""
     models.student.eval()
-    if models.distiller is not None:
-        models.distiller.eval()
+    d = models.distiller
+    if d is not None:
+        d.eval()
+    taps_needed = models.student_taps if d is not None and d.name == "simkd" else ("logits",)
     device = x_all.device
     loss = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device)
     for i in range(0, x_all.shape[0], bsize):
         with torch.autocast(device.type, enabled=amp):
-            taps = models.student(norm(x_all[i : i + bsize]), models.student_taps)
+            taps = models.student(norm(x_all[i : i + bsize]), taps_needed)
             logits = predict(models, taps).float()
         y = y_all[i : i + bsize]
         loss += F.cross_entropy(logits, y, reduction="sum").double()
@@ -193,7 +283,7 @@ def train(
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     test_x, test_y = data.test_x.to(device), data.test_y.to(device)  # moved once, not per epoch
     n, bs = train_x.shape[0], config.batch_size
-    steps = (n + bs - 1) // bs
+    steps = n // bs if config.drop_last else (n + bs - 1) // bs
     total_epochs = config.init_stage + config.epochs
     started = time.perf_counter()
     bar = tqdm(
@@ -211,16 +301,19 @@ def train(
                 stage = "main"
                 opt = _optimizer(config, _stage_params(config, models, stage))
             main_epoch = e - config.init_stage
-            lr = config.lr if stage == "init" else config.lr_at(main_epoch)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            loss_sum, correct = _epoch(
+            per_batch = stage == "main" and config.stepped_per_batch
+            if per_batch:
+                lr = config.onecycle_at(main_epoch * steps, steps)[0]
+            else:
+                lr = _init_lr(config, models) if stage == "init" else config.lr_at(main_epoch)
+                set_lr(opt, lr)
+            loss_sum, correct, seen = _epoch(
                 config, models, opt, scaler, norm, augment, train_x, train_y, e, stage, amp, bar
             )
             test_loss, test_acc = evaluate(models, test_x, test_y, norm, amp)
             for key, value in zip(
                 HISTORY_KEYS,
-                (e + 1, stage, lr, loss_sum / n, correct / n, test_loss, test_acc),
+                (e + 1, stage, lr, loss_sum / seen, correct / seen, test_loss, test_acc),
                 strict=True,
             ):
                 state.history[key].append(value)
@@ -268,8 +361,8 @@ def _epoch(
     stage: str,
     amp: bool,
     bar: tqdm,
-) -> tuple[float, float]:
-    """One pass over the training set; returns (summed loss, correct count)."""
+) -> tuple[float, float, int]:
+    """One pass over the training set; returns (summed loss, correct count, images seen)."""
     student, teacher, distiller = models.student, models.teacher, models.distiller
     student.train()
     if distiller is not None:
@@ -281,20 +374,33 @@ def _epoch(
     correct = torch.zeros((), device=train_x.device)
     ce_weight = 1.0 if distiller is None or config.alpha is not None else distiller.ce_weight
     main_epoch = epoch - config.init_stage
-    for i in range(0, n, bs):
+    steps = n // bs if config.drop_last else (n + bs - 1) // bs
+    per_batch = stage == "main" and config.stepped_per_batch
+    detach_after = getattr(distiller, "detach_after", None) if stage == "main" else None
+    if config.ce_weight is not None:  # the experiment's own cross-entropy weight
+        ce_weight = config.ce_weight
+    for step in range(steps):
+        i = step * bs
         idx = perm[i : i + bs]
+        if per_batch:
+            set_lr(opt, *config.onecycle_at(main_epoch * steps + step, steps))
         x = augment(norm.take(train_x, idx), epoch, i // bs)
         if config.channels_last and x.is_cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         y = train_y[idx]
+        # FT's init stage trains the paraphraser on the teacher alone: the student does not run
+        # (RepDistiller keeps it in eval mode), so its BatchNorm statistics stay untouched
+        paraphrasing = stage == "init" and config.method == "ft"
         with torch.autocast(x.device.type, enabled=amp):
-            s = student(x, models.student_taps)
+            s = None
+            if not paraphrasing:
+                s = run_taps(student, x, models.student_taps, detach_after=detach_after)
             t = None
-            if teacher is not None:
+            if teacher is not None and distiller is not None:  # eval mode, no gradient
                 with torch.no_grad():
-                    t = teacher(x, models.teacher_taps)
+                    t = run_taps(teacher, x, models.teacher_taps)
             if stage == "init":  # FT: paraphraser reconstruction; FitNets: the hint loss alone
-                if config.method == "ft":
+                if paraphrasing:
                     loss = distiller.paraphraser_loss(t)  # type: ignore[union-attr]
                 else:  # the raw hint loss (the paper's stage 1), whatever the method's weight
                     (hint,) = distiller(s, t, y, 0).values()  # type: ignore[misc]
@@ -308,9 +414,10 @@ def _epoch(
         scaler.step(opt)
         scaler.update()
         loss_sum += loss.detach().float() * idx.numel()
-        correct += _train_correct(models, s, y, amp)
+        if s is not None:
+            correct += _train_correct(models, s, y, amp)
         bar.update(1)
-    return loss_sum.item(), correct.item()
+    return loss_sum.item(), correct.item(), min(n, steps * bs)
 
 
 @torch.no_grad()

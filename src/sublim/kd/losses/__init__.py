@@ -34,6 +34,7 @@ from torch import Tensor
 from ..config import METHOD_NAMES
 from .base import Distiller, DistillerConfigError, Shapes, Taps
 from .features import AT, FT, ConvReg, FitNets, Paraphraser, attention_map
+from .layers import STANDARD_LAYERS, FeatureKD, cosine_matrix, layer_tap
 from .logits import DKD, KD, LogitStd, zscore
 from .relations import NST, RKD, SP, pairwise_distances, similarity_matrix, triplet_cosines
 from .simkd import SimKD
@@ -48,6 +49,10 @@ __all__ = [
     "RKD",
     "SP",
     "ConvReg",
+    "FeatureKD",
+    "STANDARD_LAYERS",
+    "cosine_matrix",
+    "layer_tap",
     "Distiller",
     "DistillerConfigError",
     "FitNets",
@@ -71,7 +76,7 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 
 METHODS: dict[str, type[Distiller]] = {
-    cls.name: cls for cls in (KD, LogitStd, FitNets, AT, FT, RKD, NST, SP, DKD, SimKD)
+    cls.name: cls for cls in (KD, LogitStd, FitNets, AT, FT, RKD, NST, SP, DKD, SimKD, FeatureKD)
 }
 if tuple(METHODS) != METHOD_NAMES:  # the config validates names without importing this package
     raise ImportError("kd.losses.METHODS and kd.config.METHOD_NAMES disagree")

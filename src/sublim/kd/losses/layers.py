@@ -1,0 +1,326 @@
+"""Feature distillation over generalized layers (the KD_wo_CE paper, NeurReps 2025), method `fkd`.
+
+Features are read by generalized-layer index (`kd.models`: tap "L<k>" is the output of the k-th
+ReLU / residual, inverted or encoder block / Flatten of a model, in forward order; negative k
+counts from the end). One method covers every configuration family of the paper's experiments:
+
+* `mapping`: "one2one" (student layer i <-> teacher layer i), "full" (every student layer against
+  every teacher layer, weight 1/k each; Base FKD+FC) or "attention" (SemCKD: per-sample weights
+  from the batch Gram matrices through small MLPs, softmax over the teacher layers);
+* `projector`: "conv1x1" (1x1 conv, no bias: the paper's SingleLayerConv) or "embed" (1x1 -> BN
+  -> ReLU -> 3x3 -> BN -> ReLU -> 1x1, no biases, width 2 C_t: ThreeLayerConv); `relation="sp"`
+  compares batch cosine-similarity matrices instead (Sim. Pres.; no projector);
+* `separate_head`: the paper's own method. The backbone up to the last distilled student layer is
+  trained by the feature loss alone; the layers after it by cross-entropy on the detached output
+  of that layer (the training loop cuts the gradient there), jointly, with one optimizer;
+* `logit_loss`: "kd" (Hinton KD, T^2 * KL) or "kd_std" (on z-scored logits) added on top: the
+  paper's "+LL" variants and the baselines' "+VKD".
+
+Alignment as in the paper's code: a vector feature (D,) is a D x 1 x 1 map; if the student map is
+no larger than the teacher's in both spatial dimensions the teacher is adaptive-average-pooled to
+the student's size, if it is larger in both the student is pooled to the teacher's, anything else
+is refused. When either side is a transformer (token features (N, D)) the 1-D path is used: tokens
+become a length-N axis with D channels (Conv1d projectors, adaptive_avg_pool1d). The per-sample
+loss is the mean squared error over the projected feature's elements; the total is the mean over
+student layers of the batch-mean of the (weighted) per-pair losses.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import Distiller, DistillerConfigError, Shapes, Taps, _kl_softened, _positive, _tap
+from .logits import zscore
+
+MAPPINGS = ("one2one", "full", "attention")
+PROJECTORS = ("conv1x1", "embed")
+RELATIONS = ("mse", "sp")
+LOGIT_LOSSES = ("none", "kd", "kd_std")
+_LAYER = re.compile(r"^L(\d+)$")
+
+# The paper's standard layer lists (its configs' StudentLayers / baseline TeacherLayers, spec
+# section 3): the defaults when a config does not list layers.
+STANDARD_LAYERS: dict[str, tuple[int, ...]] = {
+    "resnet9": (1, 2, 3, 4),
+    "resnet18": (2, 4, 6, 8),
+    "resnet34": (3, 7, 13, 16),
+    "mobilenetv2_w1": (3, 6, 13, 17),
+    "vgg11_bn": (1, 3, 5, 7),
+    "vgg19_bn": (3, 7, 11, 15),
+    "vit_ett": (1, 3, 5, 7),
+    "vit_b": (2, 4, 8, 10),
+}
+
+
+def layer_tap(index: int) -> str:
+    """The tap name of generalized layer `index` (non-negative)."""
+    return f"L{index}"
+
+
+def gen_layer_count(shapes: Shapes) -> int:
+    """How many generalized layers a model has, from its tap shapes ("L0".."L<n-1>")."""
+    return sum(1 for k in shapes if _LAYER.match(k))
+
+
+def resolve_layers(shapes: Shapes, layers: Sequence[int], side: str, param: str) -> tuple[int, ...]:
+    """Layer indices made non-negative and checked against the model's range (a one-line error
+    that lists the valid range with each layer's shape)."""
+    n = gen_layer_count(shapes)
+    if isinstance(layers, str | int) or not layers:
+        raise DistillerConfigError(param, layers, "a non-empty list of layer indices, e.g. [1, 2]")
+    out = []
+    for k in layers:
+        if isinstance(k, bool) or not isinstance(k, int) or not -n <= k < n:
+            table = ", ".join(f"{i}: {'x'.join(map(str, shapes[layer_tap(i)]))}" for i in range(n))
+            raise DistillerConfigError(
+                param, k, f"the {side} has generalized layers -{n}..{n - 1} ({table})"
+            )
+        out.append(k % n)
+    return tuple(out)
+
+
+def _as_map(shape: Sequence[int], one_d: bool) -> tuple[int, tuple[int, ...]]:
+    """(channels, spatial size) of a per-sample feature shape in the 2-D or 1-D layout."""
+    shape = tuple(int(d) for d in shape)
+    if len(shape) == 1:
+        return shape[0], (1,) if one_d else (1, 1)
+    if len(shape) == 2:  # tokens (N, D): D channels over N positions
+        return shape[1], (shape[0],)
+    if one_d:
+        return shape[0], (shape[1] * shape[2],)
+    return shape[0], shape[1:]
+
+
+def _to_map(x: Tensor, one_d: bool) -> Tensor:
+    """A batch of features in the layout of `_as_map`: [B, C, H, W] or [B, C, L]."""
+    if x.dim() == 2:
+        return x[:, :, None] if one_d else x[:, :, None, None]
+    if x.dim() == 3:
+        return x.transpose(1, 2)
+    return x.flatten(2) if one_d else x
+
+
+def _projector(kind: str, c_in: int, c_out: int, one_d: bool) -> nn.Module:
+    conv = nn.Conv1d if one_d else nn.Conv2d
+    bn = nn.BatchNorm1d if one_d else nn.BatchNorm2d
+    if kind == "conv1x1":
+        return conv(c_in, c_out, 1, bias=False)
+    mid = 2 * c_out
+    return nn.Sequential(
+        conv(c_in, mid, 1, bias=False),
+        bn(mid),
+        nn.ReLU(),
+        conv(mid, mid, 3, padding=1, bias=False),
+        bn(mid),
+        nn.ReLU(),
+        conv(mid, c_out, 1, bias=False),
+    )
+
+
+def _pool(x: Tensor, size: tuple[int, ...]) -> Tensor:
+    if tuple(x.shape[2:]) == size:
+        return x
+    return F.adaptive_avg_pool1d(x, size) if x.dim() == 3 else F.adaptive_avg_pool2d(x, size)
+
+
+def _wide(x: Tensor) -> Tensor:
+    """At least float32 (mixed-precision features are summed in float32)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def cosine_matrix(f: Tensor, eps: float = 1e-4) -> Tensor:
+    """[B, B] cosine similarities of the flattened batch features (rows normalised with `eps`,
+    NaN -> 0), the paper's DotProd relation."""
+    g = F.normalize(_wide(f.flatten(1)), dim=1, eps=eps)
+    return torch.nan_to_num(g @ g.T)
+
+
+class _GramEmbed(nn.Module):
+    """SemCKD's per-layer MLP: a Gram-matrix row (length B) -> an L2-normalised embedding."""
+
+    def __init__(self, batch: int, dims: Sequence[int]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for d_in, d_out in zip((batch, *dims[:-1]), dims, strict=True):
+            layers += [nn.Linear(d_in, d_out), nn.LeakyReLU()]
+        self.net = nn.Sequential(*layers)
+        self.batch = batch
+
+    def forward(self, f: Tensor) -> Tensor:
+        f = f.flatten(1)
+        gram = f @ f.T
+        if gram.shape[1] < self.batch:  # a last, smaller batch: zero-pad the rows
+            gram = F.pad(gram, (0, self.batch - gram.shape[1]))
+        return F.normalize(self.net(gram), dim=1)
+
+
+class FeatureKD(Distiller):
+    """The KD_wo_CE paper's feature distillation and its baselines (see the module docstring).
+
+    Reference: "Logit-Based Losses Limit the Effectiveness of Feature Knowledge Distillation"
+    (NeurReps 2025, arXiv 2511.14981) and its code (Thegolfingocto/KD_wo_CE: FKD.py, KDUtils.py),
+    as written down in the project's spec; SemCKD (Chen et al., AAAI 2021) for the attention.
+    Defaults are the paper's: weight 1 (LSLossWeight) and cross-entropy weight 1, 1x1
+    projectors, one-to-one mapping, no logit loss. Pass `separate_head=True` for "Ours".
+    `sp_first_row_only=True` reproduces the reference code's Sim. Pres., which compares only the
+    first row of each B x B matrix (a bug; the default compares the whole matrix).
+    """
+
+    name = "fkd"
+    default_weight = 1.0
+    ce_weight = 1.0
+
+    def __init__(
+        self,
+        s_shapes: Shapes,
+        t_shapes: Shapes,
+        *,
+        student_layers: Sequence[int] | None = None,
+        teacher_layers: Sequence[int] | None = None,
+        mapping: str = "one2one",
+        projector: str = "conv1x1",
+        relation: str = "mse",
+        separate_head: bool = False,
+        logit_loss: str = "none",
+        temperature: float = 4.0,
+        logit_weight: float = 1.0,
+        zscore_eps: float = 1e-6,
+        attention_dims: Sequence[int] = (256, 128),
+        batch_size: int = 128,
+        sp_first_row_only: bool = False,
+        weight: float | None = None,
+    ) -> None:
+        super().__init__(s_shapes, t_shapes, weight=weight)
+        for param, value, allowed in (
+            ("mapping", mapping, MAPPINGS),
+            ("projector", projector, PROJECTORS),
+            ("relation", relation, RELATIONS),
+            ("logit_loss", logit_loss, LOGIT_LOSSES),
+        ):
+            if value not in allowed:
+                raise DistillerConfigError(param, value, f"one of {', '.join(allowed)}")
+        if student_layers is None or teacher_layers is None:
+            raise DistillerConfigError(
+                "student_layers" if student_layers is None else "teacher_layers",
+                None,
+                "list the generalized layers to distil (see 'sublim kd layers MODEL')",
+            )
+        s_idx = resolve_layers(s_shapes, student_layers, "student", "student_layers")
+        t_idx = resolve_layers(t_shapes, teacher_layers, "teacher", "teacher_layers")
+        if mapping == "one2one" and len(s_idx) != len(t_idx):
+            raise DistillerConfigError(
+                "teacher_layers",
+                list(teacher_layers),
+                f"one2one needs one teacher layer per student layer ({len(s_idx)}); "
+                "use mapping 'full' or 'attention' to match every pair",
+            )
+        if relation == "sp" and mapping != "one2one":
+            raise DistillerConfigError("mapping", mapping, "relation 'sp' pairs layers one2one")
+        self.s_layers, self.t_layers = s_idx, t_idx
+        self.mapping, self.relation, self.logit_loss = mapping, relation, logit_loss
+        self.separate_head = bool(separate_head)
+        self.temperature = _positive("temperature", temperature)
+        self.logit_weight = float(logit_weight)
+        self.zscore_eps = float(zscore_eps)
+        self.sp_first_row_only = bool(sp_first_row_only)
+        shapes = [
+            *(s_shapes[layer_tap(k)] for k in s_idx),
+            *(t_shapes[layer_tap(k)] for k in t_idx),
+        ]
+        self.one_d = any(len(s) == 2 for s in shapes)  # a transformer on either side
+        if mapping == "one2one":
+            self.pairs = [(i, i) for i in range(len(s_idx))]
+        else:
+            self.pairs = [(i, j) for i in range(len(s_idx)) for j in range(len(t_idx))]
+        self.projectors = nn.ModuleList()
+        self.plans: list[tuple[tuple[int, ...] | None, tuple[int, ...] | None]] = []
+        for i, j in self.pairs:
+            s_c, s_hw = _as_map(s_shapes[layer_tap(s_idx[i])], self.one_d)
+            t_c, t_hw = _as_map(t_shapes[layer_tap(t_idx[j])], self.one_d)
+            if all(a <= b for a, b in zip(s_hw, t_hw, strict=True)):
+                plan = (None, s_hw)  # pool the teacher to the student's size
+            elif all(a > b for a, b in zip(s_hw, t_hw, strict=True)):
+                plan = (t_hw, None)  # pool the student to the teacher's size
+            else:
+                raise DistillerConfigError(
+                    "teacher_layers",
+                    t_idx[j],
+                    f"student layer {s_idx[i]} ({'x'.join(map(str, s_hw))}) and teacher layer "
+                    f"{t_idx[j]} ({'x'.join(map(str, t_hw))}) cannot be aligned: the student "
+                    "must be no larger in every spatial dimension, or larger in all",
+                )
+            self.plans.append(plan)
+            if relation == "mse":
+                self.projectors.append(_projector(projector, s_c, t_c, self.one_d))
+        if mapping == "attention":
+            dims = tuple(int(d) for d in attention_dims)
+            self.queries = nn.ModuleList(_GramEmbed(batch_size, dims) for _ in s_idx)
+            self.keys = nn.ModuleList(_GramEmbed(batch_size, dims) for _ in t_idx)
+        self.student_taps = tuple(layer_tap(k) for k in s_idx)
+        self.teacher_taps = tuple(layer_tap(k) for k in t_idx)
+        if logit_loss != "none":
+            self.student_taps += ("logits",)
+            self.teacher_taps += ("logits",)
+
+    @property
+    def detach_after(self) -> int | None:
+        """The student layer after which the gradient is cut (the separated head), or None."""
+        return max(self.s_layers) if self.separate_head else None
+
+    def _pair_losses(self, f_s: list[Tensor], f_t: list[Tensor]) -> Tensor:
+        """[B, P] per-sample MSE of every (student, teacher) pair."""
+        out = []
+        for p, ((i, j), (s_size, t_size)) in enumerate(zip(self.pairs, self.plans, strict=True)):
+            s = f_s[i] if s_size is None else _pool(f_s[i], s_size)
+            t = f_t[j] if t_size is None else _pool(f_t[j], t_size)
+            d = _wide(self.projectors[p](s)) - _wide(t)
+            out.append(d.pow(2).flatten(1).mean(1))
+        return torch.stack(out, 1)
+
+    def _sp(self, raw_s: list[Tensor], raw_t: list[Tensor]) -> Tensor:
+        losses = []
+        for i, j in self.pairs:
+            r_s = cosine_matrix(raw_s[i])
+            with torch.no_grad():
+                r_t = cosine_matrix(raw_t[j])
+            if self.sp_first_row_only:
+                r_s, r_t = r_s[:1], r_t[:1]
+            losses.append(F.mse_loss(r_s, r_t))
+        return torch.stack(losses).mean()
+
+    def forward(self, s: Taps, t: Taps, targets: Tensor, epoch: int = 0) -> dict[str, Tensor]:
+        raw_s = [_tap(s, name, "student") for name in self.student_taps if name != "logits"]
+        raw_t = [
+            _tap(t, name, "teacher").detach() for name in self.teacher_taps if name != "logits"
+        ]
+        out: dict[str, Tensor] = {}
+        if self.relation == "sp":
+            out["feat"] = self.weight * self._sp(raw_s, raw_t)
+        else:
+            f_s = [_to_map(f, self.one_d) for f in raw_s]
+            f_t = [_to_map(f, self.one_d) for f in raw_t]
+            per_pair = self._pair_losses(f_s, f_t)  # [B, P]
+            k_s, k_t = len(self.s_layers), len(self.t_layers)
+            if self.mapping == "one2one":
+                per_layer = per_pair  # [B, k_s]
+            else:
+                grid = per_pair.view(-1, k_s, k_t)
+                if self.mapping == "full":
+                    w = torch.full_like(grid, 1.0 / k_t)
+                else:
+                    q = torch.stack([m(f) for m, f in zip(self.queries, raw_s, strict=True)], 1)
+                    k = torch.stack([m(f) for m, f in zip(self.keys, raw_t, strict=True)], 1)
+                    w = torch.softmax(torch.einsum("bsd,btd->bst", q, k), dim=2)
+                per_layer = (w * grid).sum(2)
+            out["feat"] = self.weight * per_layer.mean(0).mean()
+        if self.logit_loss != "none":
+            z_s, z_t = _tap(s, "logits", "student"), _tap(t, "logits", "teacher").detach()
+            if self.logit_loss == "kd_std":
+                z_s, z_t = zscore(z_s, self.zscore_eps), zscore(z_t, self.zscore_eps)
+            out["kd"] = self.logit_weight * _kl_softened(z_s, z_t, self.temperature)
+        return out
