@@ -299,3 +299,70 @@ def test_auto_rejects_a_file_whose_hash_is_not_its_names(server, tmp_path, monke
     monkeypatch.setitem(pretrained.URLS, "vit_b", f"{server.url}/models/vit_b_16-c867db91.pth")
     with pytest.raises(ConfigError, match="--pretrained.*download failed.*404"):
         resolve_pretrained("vit_b", "auto", tmp_path, progress=False)  # not served: 404
+
+
+def test_pretrained_teacher_config_hash_and_backbone_learning_rate(tmp_path) -> None:
+    from sublim.kd.config import KDConfig
+    from sublim.kd.train import _optimizer, _stage_params, build_models, set_lr
+
+    path = tmp_path / "r34.pth"
+    torch.save(_torchvision_resnet34(create_model("resnet34", 10)), path)
+    base = dict(role="teacher", model="resnet34", dataset="cifar10", optimizer="adamw")
+    config = KDConfig(pretrained=str(path), **base)
+    assert config.pretrained_id.startswith("sha256:")
+    assert config.config_hash != KDConfig(**base).config_hash  # the weights enter the hash
+    moved = tmp_path / "copy.pth"
+    moved.write_bytes(path.read_bytes())  # same file elsewhere: same experiment
+    assert KDConfig(pretrained=str(moved), **base).config_hash == config.config_hash
+    assert KDConfig(pretrained="auto", **base).pretrained_id == "torchvision:resnet34-b627a593.pth"
+    models = build_models(config, torch.device("cpu"), None)
+    state = torch.load(path, weights_only=True)
+    assert torch.equal(models.student.layer1[0].conv1.weight, state["layer1.0.conv1.weight"])
+    opt = _optimizer(config, _stage_params(config, models, "main"))
+    set_lr(opt, 0.1, 0.9)
+    lrs = {g["lr_mult"]: (g["lr"], g["betas"][0]) for g in opt.param_groups}
+    assert lrs == {0.01: (pytest.approx(0.001), 0.9), 1.0: (0.1, 0.9)}
+    head = {id(p) for p in models.student.param_groups()["head"]}
+    assert {id(p) for p in opt.param_groups[1]["params"]} == head
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "resnet9", "--pretrained", "auto"], "ImageNet weights exist for resnet34"),
+        (["--model", "resnet34", "--pretrained", "missing.pth"], "cannot read it"),
+    ],
+)
+def test_bad_pretrained_flags_are_one_line(tmp_path, args, message) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "sublim", "kd", "train-teacher", *args, "--outdir", "o"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "--pretrained" in proc.stderr and message in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_wrong_file_is_refused_before_anything_is_written(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    bad = tmp_path / "vgg.pth"
+    torch.save({"features.0.weight": torch.zeros(2, 2)}, bad)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sublim", "kd", "train-teacher", "--model", "resnet34"]
+        + ["--pretrained", str(bad), "--outdir", "o", "--dataset", "cifar10"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("sublim: error: --pretrained")
+    assert not (tmp_path / "o").exists()

@@ -52,6 +52,12 @@ def add_parser(sub: Any, parser_class: type) -> None:
         "state dict, or auto to download PyTorch's published file; the backbone then learns at "
         "lr x --backbone-lr-mult",
     )
+    teacher.add_argument(
+        "--vit-pos-layout",
+        default="torchvision",
+        help="vit_b position grid from --pretrained: torchvision (class position first) or "
+        "reference (the KD_wo_CE code's off-by-one, spec 9.9)",
+    )
     _common(teacher)
     distill = kd_sub.add_parser("distill", help="distil a student from a trained teacher")
     distill.add_argument(
@@ -226,7 +232,13 @@ def config_from_args(ns: argparse.Namespace) -> Any:
         "channels_last": ns.channels_last,
     }
     if role == "teacher":
-        return KDConfig(role="teacher", model=ns.model, pretrained=ns.pretrained, **kw)
+        return KDConfig(
+            role="teacher",
+            model=ns.model,
+            pretrained=ns.pretrained,
+            vit_pos_layout=ns.vit_pos_layout.strip().lower(),
+            **kw,
+        )
     try:
         params = json.loads(ns.method_params)
     except json.JSONDecodeError as exc:
@@ -279,11 +291,14 @@ def _cmd_sweep(ns: argparse.Namespace) -> int:
 
     plan = load_plan(ns.spec, ns.outdir, ns.seeds)
     check_executor(ns.executor)
-    for config in plan.students:  # methods and taps, before anything runs (no teacher needed)
-        prepare_check(config.replace(teacher_checkpoint_path=None), teacher=False)
+    for config in plan.students:  # methods and layers, before anything runs (no teacher needed)
+        prepare_check(config.replace(teacher_checkpoint_path=None), teacher=False, pretrained=False)
     print(plan.summary())
     if ns.dry_run:
         return 0
+    for config in plan.teachers:  # ImageNet weights: fetched and checked once, before any work
+        if config.pretrained is not None and config.config_hash not in plan.done:
+            prepare_check(config)
     executor = make_executor(ns.executor)
     try:
         failures = execute(plan, executor, ns.quiet)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -45,6 +46,13 @@ FLOAT_FIELDS = (
     "ce_weight",
 )
 ROLES = ("teacher", "student")
+# torchvision's ImageNet files for --pretrained (the hex after "-" is their sha256 prefix)
+PRETRAINED_FILES = {
+    "resnet34": "resnet34-b627a593.pth",
+    "vgg19_bn": "vgg19_bn-c79401a0.pth",
+    "vit_b": "vit_b_16-c867db91.pth",
+}
+POS_LAYOUTS = ("torchvision", "reference")
 # The names kd.models and kd.losses register (they check at import that they match), so that
 # validating a config needs neither torch nor the model code.
 MODEL_NAMES = (
@@ -100,6 +108,7 @@ NEW_FIELD_DEFAULTS: dict[str, Any] = {
     "ce_weight": None,
     "onecycle_plan": "exact",
     "test_limit": 0,
+    "vit_pos_layout": "torchvision",
 }
 ONECYCLE_PLANS = ("exact", "reference")
 # Methods whose default behaviour changed after experiments were published (the benchmark's
@@ -173,6 +182,9 @@ class KDConfig:
     pretrained: str | None = None
     pretrained_id: str | None = None
     backbone_lr_mult: float = 0.01  # with pretrained weights: lr of the layers before the head
+    # ViT position grid from a pretrained file: "torchvision" keeps the class position first;
+    # "reference" reproduces the KD_wo_CE code, which takes the last position for it (spec 9.9)
+    vit_pos_layout: str = "torchvision"
 
     def __post_init__(self) -> None:
         for name in FLOAT_FIELDS:  # 0 and 0.0 are one experiment (TOML gives ints, flags floats)
@@ -191,6 +203,8 @@ class KDConfig:
                 ("init_epochs", None),
             ):
                 object.__setattr__(self, name, value)
+        if self.pretrained is not None and self.pretrained_id is None:
+            object.__setattr__(self, "pretrained_id", _pretrained_id(self.model, self.pretrained))
         self._validate()
 
     def _validate(self) -> None:
@@ -243,8 +257,10 @@ class KDConfig:
         _number("backbone_lr_mult", self.backbone_lr_mult, positive=False)
         if self.ce_weight is not None:
             _number("ce_weight", self.ce_weight, positive=False)
-        if self.pretrained is not None and not isinstance(self.pretrained, str):
-            raise ConfigError("--pretrained", self.pretrained, "expected a .pth path or auto")
+        if self.vit_pos_layout not in POS_LAYOUTS:
+            raise ConfigError(
+                "--vit-pos-layout", self.vit_pos_layout, f"allowed: {', '.join(POS_LAYOUTS)}"
+            )
         if any(not isinstance(m, int) or m < 1 for m in self.milestones):
             raise ConfigError("--milestones", self.milestones, "expected epochs >= 1")
         if not isinstance(self.method_params, dict):
@@ -445,3 +461,37 @@ def preset_fields(name: str, role: str, model: str, method: str = "none") -> dic
     distils = role == "student" and method != "none"
     out["lr"] = _PAPER_LR.get(model, 0.05) if distils else 0.01
     return out
+
+
+_FILE_IDS: dict[tuple[str, int, int], str] = {}
+
+
+def _pretrained_id(model: str, pretrained: Any) -> str:
+    """The identity of --pretrained weights, for the hash: the published file's name for
+    "auto" (it carries its sha256 prefix), else "sha256:" of the file (cached per size and
+    mtime, so a sweep hashes a file once)."""
+    if not isinstance(pretrained, str) or not pretrained:
+        raise ConfigError("--pretrained", pretrained, "expected a .pth path or auto")
+    if model not in PRETRAINED_FILES:
+        raise ConfigError(
+            "--pretrained",
+            pretrained,
+            f"ImageNet weights exist for {', '.join(PRETRAINED_FILES)}, not {model}",
+        )
+    if pretrained == "auto":
+        return "torchvision:" + PRETRAINED_FILES[model]
+    path = os.path.expanduser(pretrained)
+    try:
+        st = os.stat(path)
+        key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+        if key not in _FILE_IDS:
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            _FILE_IDS[key] = "sha256:" + digest.hexdigest()[:16]
+    except OSError as exc:
+        raise ConfigError(
+            "--pretrained", pretrained, f"cannot read it ({exc.strerror or exc}); a .pth or auto"
+        ) from None
+    return _FILE_IDS[key]

@@ -33,21 +33,42 @@ from torch import Tensor, nn
 
 from ..data.download import DownloadError, download_file, file_digest
 from ..errors import ConfigError, DataError
+from .config import POS_LAYOUTS, PRETRAINED_FILES
 from .models import TapNet
 
 FLAG = "--pretrained"
-URLS = {  # torchvision's IMAGENET1K_V1 files; the hex after "-" is their sha256 prefix
-    "resnet34": "https://download.pytorch.org/models/resnet34-b627a593.pth",
-    "vgg19_bn": "https://download.pytorch.org/models/vgg19_bn-c79401a0.pth",
-    "vit_b": "https://download.pytorch.org/models/vit_b_16-c867db91.pth",
-}
-POS_LAYOUTS = ("torchvision", "reference")
+# torchvision's IMAGENET1K_V1 files; the hex after "-" is their sha256 prefix
+URLS = {name: f"https://download.pytorch.org/models/{f}" for name, f in PRETRAINED_FILES.items()}
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,})\.")
 
 
 def default_cache_dir() -> Path:
     """Where "auto" puts downloaded weights unless told otherwise."""
     return Path.home() / ".cache" / "sublim" / "pretrained"
+
+
+def pretrained_cache(data_dir: str | Path) -> Path:
+    """Where experiments keep downloaded ImageNet weights: beside the datasets, so workers that
+    share --data-dir share them."""
+    return Path(data_dir).expanduser() / "pretrained"
+
+
+def check_pretrained(
+    name: str, path_or_auto: str, image_size: int, num_classes: int, cache_dir: Path
+) -> None:
+    """Before any experiment starts: fetch "auto" weights and check the file fits `name` (keys,
+    shapes, adaptation), on a model built on the meta device. ConfigError in one line."""
+    from .models import create_model
+
+    path, _ = resolve_pretrained(name, path_or_auto, cache_dir, progress=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 (any unreadable file)
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(FLAG, str(path), f"unreadable as a state dict ({first})") from None
+    with torch.device("meta"):
+        model = create_model(name, num_classes, image_size=image_size)
+    adapt_state_dict(model, name, state, image_size, path=str(path))
 
 
 def file_id(path: Path) -> str:

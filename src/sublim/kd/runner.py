@@ -140,10 +140,21 @@ def load_teacher_weights(config: KDConfig) -> dict[str, torch.Tensor]:
     return data["weights"]
 
 
-def prepare_check(config: KDConfig, teacher: bool = True) -> None:
-    """Everything that can be wrong before any data is read: the teacher's weights (unless
-    `teacher` is False: a sweep trains it first), the method's parameters and tap names (models
-    are built on the meta device)."""
+def prepare_check(config: KDConfig, teacher: bool = True, pretrained: bool = True) -> None:
+    """Everything that can be wrong before any data is read: pretrained ImageNet weights
+    (downloaded first for "auto"; skipped with `pretrained=False`), the teacher's weights (unless
+    `teacher` is False: a sweep trains it first), the method's parameters and layers (models
+    built on the meta device)."""
+    if pretrained and config.pretrained is not None:
+        from .pretrained import check_pretrained, pretrained_cache
+
+        check_pretrained(
+            config.model,
+            config.pretrained,
+            config.input_shape[1],
+            config.num_classes,
+            pretrained_cache(config.data_dir),
+        )
     if config.role != "student":
         return
     if teacher:

@@ -115,9 +115,18 @@ def build_models(
     gen = seeds.generator(config.seed, "kd", "init", config.role, config.model)
     student = create_model(config.model, k, generator=gen, image_size=size)
     if config.pretrained is not None:
-        from .pretrained import load_pretrained
+        from .pretrained import load_pretrained, pretrained_cache
 
-        load_pretrained(student, config.model, config.pretrained, size, generator=gen)
+        load_pretrained(
+            student,
+            config.model,
+            config.pretrained,
+            size,
+            cache_dir=pretrained_cache(config.data_dir),
+            generator=gen,
+            pos_layout=config.vit_pos_layout,
+            progress=False,
+        )
     if config.role == "teacher":
         return Models(student.to(device))
     teacher = create_model(
