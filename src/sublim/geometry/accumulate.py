@@ -33,8 +33,7 @@ class QualityAccumulator:
         self.dim, self.n_train, self.probe = int(dim), int(n_train), probe
         self.b_in_a = b_in_a
         self.b_labels = self.labels[b_in_a] if b_in_a is not None else b_labels
-        n = self.labels.numel()
-        self.gram = torch.zeros(n, n, dtype=torch.float32)
+        self.gram = torch.empty(0)  # allocated by the first fold
         self._buf: Tensor | None = None
         self._rows = 0
         self._cols = 0
@@ -63,8 +62,10 @@ class QualityAccumulator:
     def _fold(self) -> None:
         buf, self._buf = self._buf, None
         assert buf is not None
-        add_gram_lower(self.gram, buf)
         n = buf.shape[0]
+        if self._cols == 0:
+            self.gram = torch.zeros(n, n, dtype=torch.float32)
+        add_gram_lower(self.gram, buf)
         if buf.shape[1] == self.dim and self.dim < n:  # narrow layer: D x D covariance is cheaper
             centered = buf - buf.mean(0, keepdim=True)
             cov = centered.T.double() @ centered.double()

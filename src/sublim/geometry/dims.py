@@ -29,7 +29,7 @@ def twonn(gram: Tensor, discard: float = TWONN_DISCARD) -> float:
     on a Huber loss without discarding.
     """
     norms = gram.diagonal().clamp_min(0).sqrt()
-    d2 = 2.0 - 2.0 * gram / (norms[:, None] * norms[None, :])
+    d2 = gram.div(norms[:, None]).div_(norms[None, :]).mul_(-2.0).add_(2.0)
     d2.fill_diagonal_(math.inf)
     near = torch.topk(d2, 2, dim=1, largest=False).values.double().clamp_min(0)
     r1, r2 = near[:, 0].sqrt(), near[:, 1].sqrt()

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 ROW_BLOCK = 512
+EIG_FLOAT64_MAX = 2048
 
 
 def add_gram_lower(gram: Tensor, feats: Tensor, block: int = ROW_BLOCK) -> None:
@@ -37,11 +38,16 @@ def gram(feats: Tensor) -> Tensor:
 def center_gram(g: Tensor) -> Tensor:
     """H G H with H = I - 11^T/n: the Gram of the mean-centered features (a new tensor)."""
     row = g.mean(dim=-1, keepdim=True)
-    return g - row - row.transpose(-1, -2) + row.mean(dim=-2, keepdim=True)
+    out = g - row
+    out -= row.transpose(-1, -2)
+    out += row.mean(dim=-2, keepdim=True)
+    return out
 
 
 def centered_spectrum(g: Tensor, rank: int) -> Tensor:
-    """Variances along the principal axes (descending, float64, `rank` values) of the samples
-    whose uncentered Gram is `g`: the squared singular values of the centered feature matrix."""
-    ev = torch.linalg.eigvalsh(center_gram(g.double())).flip(0)[:rank]
-    return ev.clamp_min(0.0)
+    """Variances along the principal axes (descending, `rank` values, float64) of the samples whose
+    uncentered Gram is `g`: the squared singular values of the centered feature matrix. Solved in
+    float64 up to EIG_FLOAT64_MAX samples, above in float32 (less time and memory)."""
+    dtype = torch.float64 if g.shape[-1] <= EIG_FLOAT64_MAX else torch.float32
+    ev = torch.linalg.eigvalsh(center_gram(g.to(dtype))).flip(0)[:rank]
+    return ev.double().clamp_min(0.0)

@@ -29,8 +29,8 @@ def separation_terms(g: Tensor, labels: Tensor) -> dict[str, float]:
     """Stats 4 and 6 of the reference on A: |cos| averages and minima, class norms, min inter distance."""
     groups = _class_index(labels)
     norms = g.diagonal().clamp_min(0).sqrt()
-    sq = norms * norms
-    cos = (g / (norms[:, None] * norms[None, :])).abs_()
+    sq = g.diagonal().double()
+    cos = g.div(norms[:, None]).div_(norms[None, :]).abs_()
     onehot = torch.zeros(labels.numel(), len(groups), dtype=cos.dtype)
     for c, idx in enumerate(groups):
         onehot[idx, c] = 1.0
@@ -45,7 +45,7 @@ def separation_terms(g: Tensor, labels: Tensor) -> dict[str, float]:
     del cos
     min_inter_sq = []
     for idx in groups:
-        rows = sq[idx, None] + sq[None, :] - 2.0 * g[idx]
+        rows = sq[idx, None] + sq[None, :] - 2.0 * g[idx].double()  # float64: less cancellation
         rows[:, idx] = math.inf
         min_inter_sq.append(rows.min())
     min_inter = torch.stack(min_inter_sq).clamp_min(0).sqrt()
