@@ -100,3 +100,39 @@ def test_adamw_onecycle_experiment_resumes_to_identical_weights(tmp_path: Path) 
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
     assert a["optimizer"]["param_groups"][0]["betas"] == b["optimizer"]["param_groups"][0]["betas"]
+
+
+def test_paper_grids_plan_with_conditions_presets_and_layer_lists(tmp_path: Path) -> None:
+    from sublim.kd.sweep import load_plan
+
+    root = Path(__file__).parent.parent / "figures"
+    main = load_plan(root / "kd_wo_ce_main.toml", str(tmp_path))
+    assert (len(main.teachers), len(main.students)) == (63, 252)
+    by = {(c.label, c.dataset, c.model, c.seed): c for c in main.students}
+    ours = by[("ours", "cifar100", "resnet9", 0)]
+    assert ours.method_params["teacher_layers"] == [12, 13, 14, 15]
+    assert ours.method_params["separate_head"] is True
+    assert (ours.optimizer, ours.schedule, ours.epochs, ours.lr) == ("adamw", "onecycle", 50, 0.05)
+    vit = by[("ours", "tinyimagenet", "vit_ett", 1)]
+    assert vit.method_params["teacher_layers"] == [7, 8, 11, 12] and vit.lr == 0.01
+    teacher = next(t for t in main.teachers if t.model == "vgg19_bn" and t.dataset == "cifar10")
+    assert teacher.pretrained_id == "torchvision:vgg19_bn-c79401a0.pth" and teacher.lr == 0.01
+    alone = [t for t in main.teachers if t.label == "baseline"]
+    assert len(alone) == 36 and {t.lr for t in alone} == {0.01}
+    ablations = load_plan(root / "kd_wo_ce_ablations.toml", str(tmp_path))
+    assert {t.config_hash for t in ablations.teachers} <= {t.config_hash for t in main.teachers}
+    sgd = next(c for c in ablations.students if c.label == "semckd_240e")
+    assert (sgd.optimizer, sgd.epochs, sgd.milestones) == ("sgd", 240, (150, 180, 210))
+
+
+def test_a_missing_layer_list_is_one_line(tmp_path: Path) -> None:
+    from sublim.kd.sweep import SpecError, load_plan
+
+    spec = tmp_path / "s.toml"
+    spec.write_text(
+        'teacher = "resnet34"\nstudent = "resnet9"\n[grid]\ndataset = ["cifar10"]\n'
+        '[conditions.ours]\nmethod = "fkd"\nmethod_params = { teacher_layers = "@ours" }\n'
+        "[layers.resnet34]\nours = { cifar100 = [12, 13, 14, 15] }\n"
+    )
+    with pytest.raises(SpecError, match="@ours is not defined for resnet34 on cifar10"):
+        load_plan(spec, str(tmp_path))

@@ -47,7 +47,8 @@ def load_kd(root: str | os.PathLike[str], warn: Callable[[str], None]) -> pd.Dat
                 "teacher": config.get("teacher") or "-",
                 "student": student,
                 # a teacher, or a student alone (--method none): trained with cross-entropy only
-                "method": "alone" if config.get("role") == "teacher" else config.get("method"),
+                "method": config.get("label")
+                or ("alone" if config.get("role") == "teacher" else config.get("method")),
                 "seed": config.get("seed"),
                 "status": status.get("status"),
                 "epoch": status.get("epoch"),

@@ -96,7 +96,9 @@ METHOD_NAMES = (
     "fkd",
 )
 # Fields that never change results: where to read and write, and how to show progress.
-NON_RESULT = frozenset({"data_dir", "outdir", "device", "teacher_checkpoint_path", "pretrained"})
+NON_RESULT = frozenset(
+    {"data_dir", "outdir", "device", "teacher_checkpoint_path", "pretrained", "label"}
+)
 # Fields added after experiments were published: left out of the hash at their defaults, so
 # existing experiment directories keep their names.
 NEW_FIELD_DEFAULTS: dict[str, Any] = {
@@ -185,6 +187,8 @@ class KDConfig:
     # ViT position grid from a pretrained file: "torchvision" keeps the class position first;
     # "reference" reproduces the KD_wo_CE code, which takes the last position for it (spec 9.9)
     vit_pos_layout: str = "torchvision"
+    # a name for reports (a sweep's condition, e.g. "ours"); never part of the hash
+    label: str | None = None
 
     def __post_init__(self) -> None:
         for name in FLOAT_FIELDS:  # 0 and 0.0 are one experiment (TOML gives ints, flags floats)

@@ -160,20 +160,14 @@ def prepare_check(config: KDConfig, teacher: bool = True, pretrained: bool = Tru
     if teacher:
         load_teacher_weights(config)
     from .losses import create_distiller
-    from .models import create_model
-    from .train import method_params, model_shapes
+    from .train import method_params, named_model_shapes
 
-    size = config.input_shape[1]
+    shape = config.input_shape
+    s_shapes = named_model_shapes(config.model, config.num_classes, shape)
+    t_shapes = named_model_shapes(str(config.teacher), config.num_classes, shape)
     with torch.device("meta"):
-        student = create_model(config.model, config.num_classes, image_size=size)
-        teacher_net = create_model(config.teacher, config.num_classes, image_size=size)
         try:
-            create_distiller(
-                config.method,
-                model_shapes(student, config.input_shape),
-                model_shapes(teacher_net, config.input_shape),
-                **method_params(config),
-            )
+            create_distiller(config.method, s_shapes, t_shapes, **method_params(config))
         except ConfigError:
             raise
         except (TypeError, ValueError) as exc:

@@ -24,7 +24,24 @@ teacher -> student pairs, each with optional parameters of its own (over `[param
     params.dkd = { beta = 6.0 }   # mdistiller's value for this pair
 
 A method's parameters are `[params.<method>]`, then the pair's `params.<method>`, then any
-`method_params` of base or grid (most specific last).
+`method_params` of base, grid or condition (most specific last).
+
+Named conditions are one more axis, `condition`, each a bundle of student fields (a method, its
+parameters, a recipe change; `preset` too, for the student only: teachers follow the top-level
+preset); the name is the experiment's `label` in reports:
+
+    [conditions.ours]
+    method = "fkd"
+    method_params = { separate_head = true, teacher_layers = "@ours" }
+
+`preset = "kd-wo-ce-50e"` (top level, or in a condition) applies a recipe preset under every
+experiment's explicit fields (its learning rate depends on the model and on whether it
+distils). Layer lists that depend on the teacher and dataset are named in `[layers.<model>]`
+and referred to as "@name" in `teacher_layers` / `student_layers`:
+
+    [layers.resnet34]
+    ours = { cifar10 = [12, 13, 14, 15], tinyimagenet = [12, 13, 14, 15] }
+    standard = [3, 7, 13, 16]
 
 One teacher experiment per (dataset, teacher, seed, recipe) is trained first; a student is
 submitted when its teacher has completed, and reads that teacher's best.pt. Completed
@@ -58,10 +75,60 @@ TOP_KEYS = (
     "base",
     "teacher_recipe",
     "grid",
+    "conditions",
+    "preset",
+    "layers",
 )
 PAIR_KEYS = ("teacher", "student", "params")
 OWNED = ("role", "seed", "outdir", "teacher_checkpoint_path", "model", "teacher")
 FIELDS = tuple(f.name for f in fields(KDConfig))
+
+
+# Achieved rate of KD training steps on the 2-core reference CPU (benchmarks/kd_wo_ce.py:
+# 35-63 GFLOP/s for resnet9 / resnet34 steps at batch 128), used for --dry-run's estimate.
+CPU_GFLOPS = 45.0
+TRAIN_IMAGES = {
+    "cifar10": 50_000,
+    "cifar100": 50_000,
+    "svhn": 73_257,
+    "tinyimagenet": 100_000,
+    "mnist": 60_000,
+    "fashion-mnist": 60_000,
+    "kmnist": 60_000,
+}
+TEST_IMAGES = {"svhn": 26_032}  # 10,000 for the others
+_FORWARD_FLOPS: dict[tuple[str, int, int], float] = {}
+
+
+def forward_flops(model: str, num_classes: int, image_size: int) -> float:
+    """Floating-point operations of one image's forward pass (counted on the meta device)."""
+    key = (model, num_classes, image_size)
+    if key not in _FORWARD_FLOPS:
+        import torch
+        from torch.utils.flop_counter import FlopCounterMode
+
+        from .models import create_model
+
+        with torch.device("meta"):
+            net = create_model(model, num_classes, image_size=image_size)
+            x = torch.zeros(1, 3, image_size, image_size)
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            net(x)
+        _FORWARD_FLOPS[key] = float(counter.get_total_flops())
+    return _FORWARD_FLOPS[key]
+
+
+def experiment_flops(config: KDConfig) -> float:
+    """Approximate operations of a whole experiment: the student's training steps (forward and
+    backward, about 3 forwards), the teacher's forwards, and the per-epoch evaluations (the
+    method's own small modules are left out)."""
+    size, k = config.input_shape[1], config.num_classes
+    student = forward_flops(config.model, k, size)
+    teacher = forward_flops(config.teacher, k, size) if config.role == "student" else 0.0
+    train = config.train_limit or TRAIN_IMAGES.get(config.dataset, 50_000)
+    test = config.test_limit or TEST_IMAGES.get(config.dataset, 10_000)
+    epochs = config.epochs + config.init_stage
+    return epochs * (train * (3 * student + teacher) + test * student)
 
 
 @dataclass
@@ -80,6 +147,16 @@ class KDPlan:
         return (
             f"kd sweep {self.name}: {len(self.teachers)} trainings without a teacher ({t_done} "
             f"done), {len(self.students)} distillations ({s_done} done)"
+        )
+
+    def estimate(self, gflops: float = CPU_GFLOPS) -> str:
+        """The remaining work in floating-point operations and hours at `gflops` GFLOP/s."""
+        todo = [c for c in (*self.teachers, *self.students) if c.config_hash not in self.done]
+        flops = sum(experiment_flops(c) for c in todo)
+        return (
+            f"remaining: {len(todo)} experiments, {flops / 1e15:.1f} PFLOP, about "
+            f"{flops / (gflops * 1e9) / 3600:,.0f} h at {gflops:g} GFLOP/s (the 2-core reference "
+            "CPU's rate in benchmarks/kd_wo_ce.py; divide by your machine's speed-up)"
         )
 
 
@@ -103,6 +180,9 @@ def load_plan(path: str | Path, outdir: str, seeds: str | None = None) -> KDPlan
         raise SpecError(f"{path}: {unknown[0]}: unknown key; allowed: {', '.join(TOP_KEYS)}")
     pairs = _pairs(data, path)
     params = _method_params(data.get("params", {}), f"{path}: params")
+    conditions = _conditions(data.get("conditions", {}), path)
+    layers = _layer_lists(data.get("layers", {}), path)
+    top_preset = data.get("preset")
     base, teacher_recipe, grid = (dict(data.get(k, {})) for k in ("base", "teacher_recipe", "grid"))
     _check(base, f"{path}: base")
     _check(teacher_recipe, f"{path}: teacher_recipe")
@@ -116,24 +196,36 @@ def load_plan(path: str | Path, outdir: str, seeds: str | None = None) -> KDPlan
     seed_list = parse_seeds(seeds if seeds is not None else data.get("seeds", 0), f"{path}: seeds")
     teachers: dict[str, KDConfig] = {}
     students: dict[str, KDConfig] = {}
-    for (t_model, s_model, pair_params), combo, seed in itertools.product(
-        pairs, itertools.product(*grid.values()), seed_list
+    for (t_model, s_model, pair_params), (c_name, cond), combo, seed in itertools.product(
+        pairs, conditions, itertools.product(*grid.values()), seed_list
     ):
         point = dict(zip(grid, combo, strict=True))
-        fields_ = {**base, **point, "seed": seed, "outdir": outdir}
+        cond = dict(cond)
+        preset = cond.pop("preset", top_preset)
+        fields_ = {**base, **point, **cond, "seed": seed, "outdir": outdir}
         method = str(fields_.get("method", "none"))
         given = {**params.get(method, {}), **pair_params.get(method, {})}
         if given and isinstance(fields_.get("method_params", {}), dict):
             fields_["method_params"] = {**given, **fields_.get("method_params", {})}
         at = ", ".join(f"{k}={v}" for k, v in point.items()) or "base"
+        if c_name is not None:
+            at = f"condition {c_name}, {at}"
+            fields_["label"] = c_name
         if len(pairs) > 1:
             at = f"{t_model} -> {s_model}, {at}"
         where = f"{path} (at {at})"
-        student = _build(where, role="student", model=s_model, teacher=t_model, **fields_)
+        if isinstance(fields_.get("method_params"), dict):
+            fields_["method_params"] = _resolve_layers(
+                fields_["method_params"], layers, t_model, s_model, fields_.get("dataset"), where
+            )
+        s_fields = {**_preset(preset, "student", s_model, method, where), **fields_}
+        student = _build(where, role="student", model=s_model, teacher=t_model, **s_fields)
         if student.role == "teacher":  # method none: the student alone, no teacher needed
             teachers.setdefault(student.config_hash, student)
             continue
         recipe = {k: v for k, v in fields_.items() if k not in _STUDENT_ONLY}
+        # conditions are student fields: a teacher follows the spec's own preset
+        recipe = {**_preset(top_preset, "teacher", t_model, "none", where), **recipe}
         teacher = _build(where, role="teacher", model=t_model, **{**recipe, **teacher_recipe})
         teachers.setdefault(teacher.config_hash, teacher)
         ck = str(experiment_dir(teacher) / "best.pt")
@@ -200,7 +292,68 @@ def _method_params(table: Any, where: str) -> dict[str, dict[str, Any]]:
     return table
 
 
-_STUDENT_ONLY = ("method", "method_params", "alpha", "init_epochs", "ce_weight")
+_STUDENT_ONLY = ("method", "method_params", "alpha", "init_epochs", "ce_weight", "label")
+
+
+def _preset(name: Any, role: str, model: str, method: str, where: str) -> dict[str, Any]:
+    """A preset's fields for one experiment (nothing without a preset)."""
+    if name is None:
+        return {}
+    from .config import preset_fields
+
+    try:
+        return preset_fields(str(name), role, model, method)
+    except UserError as exc:
+        raise SpecError(f"{where}: {exc}") from None
+
+
+def _conditions(table: Any, path: Path) -> list[tuple[str | None, dict[str, Any]]]:
+    """(name, student fields) of each `[conditions.NAME]` table; one unnamed one without any."""
+    if not isinstance(table, dict):
+        raise SpecError(f"{path}: conditions: expected [conditions.NAME] tables")
+    if not table:
+        return [(None, {})]
+    out = []
+    for name, fields_ in table.items():
+        if not isinstance(fields_, dict):
+            raise SpecError(f"{path}: conditions.{name}: expected a table of fields")
+        _check({k: v for k, v in fields_.items() if k != "preset"}, f"{path}: conditions.{name}")
+        out.append((str(name), fields_))
+    return out
+
+
+def _layer_lists(table: Any, path: Path) -> dict[str, dict[str, Any]]:
+    """`[layers.<model>]`: named layer lists, each a list or a table by dataset."""
+    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+        raise SpecError(f"{path}: layers: expected [layers.MODEL] tables of named lists")
+    return table
+
+
+def _resolve_layers(
+    params: dict[str, Any],
+    lists: dict[str, dict[str, Any]],
+    teacher: str,
+    student: str,
+    dataset: Any,
+    where: str,
+) -> dict[str, Any]:
+    """Method parameters with "@name" layer lists replaced by the model's (and dataset's) list."""
+    out = dict(params)
+    for key, model in (("teacher_layers", teacher), ("student_layers", student)):
+        ref = out.get(key)
+        if not (isinstance(ref, str) and ref.startswith("@")):
+            continue
+        value = lists.get(model, {}).get(ref[1:])
+        if isinstance(value, dict):
+            value = value.get(str(dataset))
+        if not isinstance(value, list):
+            raise SpecError(
+                f"{where}: {key}: {ref} is not defined for {model}"
+                + (f" on {dataset}" if dataset else "")
+                + f" (give it in [layers.{model}])"
+            )
+        out[key] = value
+    return out
 
 
 def _build(where: str, **kw: Any) -> KDConfig:

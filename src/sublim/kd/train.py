@@ -9,6 +9,7 @@ CPU). This module computes; the `sink` it is given (kd.runner's experiment) writ
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +40,17 @@ def model_shapes(model: TapNet, in_shape: tuple[int, int, int]) -> TapShapes:
     shapes = dict(model.tap_shapes(in_shape))
     shapes.update({layer_tap(g.index): tuple(g.shape) for g in model.layer_table(in_shape)})
     return TapShapes(shapes, getattr(model, "feature_taps", ()))
+
+
+@functools.lru_cache(maxsize=64)
+def named_model_shapes(
+    name: str, num_classes: int, in_shape: tuple[int, int, int]
+) -> TapShapes:
+    """`model_shapes` of model `name`, built once on the meta device (validation of many
+    configs, e.g. a sweep's, costs one forward per model). Do not mutate the result."""
+    with torch.device("meta"):
+        model = create_model(name, num_classes, image_size=in_shape[1])
+    return model_shapes(model, in_shape)
 
 
 def method_params(config: KDConfig) -> dict[str, Any]:
