@@ -107,7 +107,7 @@ def test_paper_grids_plan_with_conditions_presets_and_layer_lists(tmp_path: Path
 
     root = Path(__file__).parent.parent / "figures"
     main = load_plan(root / "kd_wo_ce_main.toml", str(tmp_path))
-    assert (len(main.teachers), len(main.students)) == (63, 252)
+    assert (len(main.teachers), len(main.students)) == (63, 288)
     by = {(c.label, c.dataset, c.model, c.seed): c for c in main.students}
     ours = by[("ours", "cifar100", "resnet9", 0)]
     assert ours.method_params["teacher_layers"] == [12, 13, 14, 15]
@@ -136,3 +136,57 @@ def test_a_missing_layer_list_is_one_line(tmp_path: Path) -> None:
     )
     with pytest.raises(SpecError, match="@ours is not defined for resnet34 on cifar10"):
         load_plan(spec, str(tmp_path))
+
+
+@pytest.mark.parametrize("start", ["after", "at"])
+def test_simkd_variant_runs_the_teachers_copied_tail(start: str) -> None:
+    torch.manual_seed(0)
+    student, teacher = create_model("resnet9", 10), create_model("resnet34", 10).eval()
+    shapes = model_shapes(student, (3, 32, 32)), model_shapes(teacher, (3, 32, 32))
+    d = create_distiller(
+        "fkd",
+        *shapes,
+        student_layers=[1, 2, 3, 4],
+        teacher_layers=[3, 7, 13, 16],
+        projector="embed",
+        classifier="teacher_tail",
+        tail_start=start,
+    )
+    d.attach_teacher(teacher, (3, 32, 32))
+    assert d.teacher_taps == ("L3", "L7", "L13", "L16") and "logits" not in d.student_taps
+    x = torch.randn(2, 3, 32, 32)
+    s = run_taps(student, x, d.student_taps)
+    assert "logits" not in s  # the student stops at its last distilled layer
+    logits = d.tail_logits(s)
+    h = d.projectors[-1](s["L4"])  # 512 x 4 x 4 on both sides: no pooling
+    after = 16 if start == "after" else 15
+    torch.testing.assert_close(logits, d.tail.forward_from(h, after, (3, 32, 32)))
+    logits.sum().backward()
+    assert all(p.grad is None for p in teacher.parameters())  # the real teacher is untouched
+    assert d.tail.classifier.weight.grad is not None
+    assert d.tail.layer4[2].conv1.weight.grad is None if start == "after" else not None
+    tail_params = 512 * 10 + 10 + (0 if start == "after" else 2 * (512 * 512 * 9 + 2 * 512))
+    projectors = sum(p.numel() for p in d.projectors.parameters())
+    assert d.extra_parameters() == projectors + tail_params
+
+
+def test_simkd_variant_trains_and_evaluates_through_the_tail(tmp_path: Path) -> None:
+    t = run_experiment(_mnist(tmp_path, model="resnet14", epochs=1))
+    config = _mnist(
+        tmp_path,
+        role="student",
+        model="resnet8",
+        teacher="resnet14",
+        method="fkd",
+        epochs=1,
+        method_params={
+            "student_layers": [1, 2, 3],
+            "teacher_layers": [2, 4, 6],
+            "projector": "embed",
+            "classifier": "teacher_tail",
+            "logit_loss": "kd",
+        },
+    )
+    result = run_experiment(config)
+    assert result["status"] == "completed" and t["status"] == "completed"
+    assert result["extra_parameters"] > 64 * 10  # projectors and the tail's classifier

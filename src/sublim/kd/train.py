@@ -43,9 +43,7 @@ def model_shapes(model: TapNet, in_shape: tuple[int, int, int]) -> TapShapes:
 
 
 @functools.lru_cache(maxsize=64)
-def named_model_shapes(
-    name: str, num_classes: int, in_shape: tuple[int, int, int]
-) -> TapShapes:
+def named_model_shapes(name: str, num_classes: int, in_shape: tuple[int, int, int]) -> TapShapes:
     """`model_shapes` of model `name`, built once on the meta device (validation of many
     configs, e.g. a sweep's, costs one forward per model). Do not mutate the result."""
     with torch.device("meta"):
@@ -160,8 +158,12 @@ def build_models(
             model_shapes(teacher, config.input_shape),
             **params,
         )
+    if getattr(distiller, "uses_tail", False):  # the SimKD variant: a trainable teacher copy
+        distiller.attach_teacher(teacher, config.input_shape)
     models.distiller = distiller.to(device)
     models.student_taps = tuple(dict.fromkeys(("logits", *distiller.student_taps)))
+    if getattr(distiller, "uses_tail", False):  # its logits come from the tail, not the student
+        models.student_taps = tuple(distiller.student_taps)
     # the teacher computes only what the method reads (named-tap models return logits anyway)
     models.teacher_taps = tuple(distiller.teacher_taps) or ("logits",)
     return models
@@ -174,6 +176,8 @@ def predict(models: Models, s: dict[str, torch.Tensor]) -> torch.Tensor:
     if d is not None and d.name == "simkd":
         tap = s[d.student_taps[0]]
         return d.student_logits(tap, models.teacher.classifier)  # type: ignore[operator,union-attr]
+    if getattr(d, "uses_tail", False):  # fkd's SimKD variant: the teacher's copied tail
+        return d.tail_logits(s)  # type: ignore[union-attr,operator]
     return s["logits"]
 
 
@@ -245,13 +249,14 @@ def evaluate(
     d = models.distiller
     if d is not None:
         d.eval()
-    taps_needed = models.student_taps if d is not None and d.name == "simkd" else ("logits",)
+    own_head = d is None or (d.name != "simkd" and not getattr(d, "uses_tail", False))
+    taps_needed = ("logits",) if own_head else models.student_taps
     device = x_all.device
     loss = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device)
     for i in range(0, x_all.shape[0], bsize):
         with torch.autocast(device.type, enabled=amp):
-            taps = models.student(norm(x_all[i : i + bsize]), taps_needed)
+            taps = run_taps(models.student, norm(x_all[i : i + bsize]), taps_needed)
             logits = predict(models, taps).float()
         y = y_all[i : i + bsize]
         loss += F.cross_entropy(logits, y, reduction="sum").double()
@@ -416,6 +421,8 @@ def _epoch(
             s = None
             if not paraphrasing:
                 s = run_taps(student, x, models.student_taps, detach_after=detach_after)
+            if getattr(distiller, "uses_tail", False):  # CE and KD train the teacher's copy
+                s["logits"] = distiller.tail_logits(s)  # type: ignore[union-attr,operator]
             t = None
             if teacher is not None and distiller is not None:  # eval mode, no gradient
                 with torch.no_grad():

@@ -14,7 +14,12 @@ counts from the end). One method covers every configuration family of the paper'
   trained by the feature loss alone; the layers after it by cross-entropy on the detached output
   of that layer (the training loop cuts the gradient there), jointly, with one optimizer;
 * `logit_loss`: "kd" (Hinton KD, T^2 * KL) or "kd_std" (on z-scored logits) added on top: the
-  paper's "+LL" variants and the baselines' "+VKD".
+  paper's "+LL" variants and the baselines' "+VKD";
+* `classifier="teacher_tail"`: the paper's SimKD variant. The student's logits are a trainable
+  copy of the teacher's layers after its last distilled layer, run on the projected last
+  student feature (pooled to the teacher's size if larger); cross-entropy and the logit loss
+  train it, and it is the student's classifier at test time (`tail_logits`). The reference code
+  starts the copy *at* that layer, running it twice (spec 9.4): `tail_start="at"`.
 
 Alignment as in the paper's code: a vector feature (D,) is a D x 1 x 1 map; if the student map is
 no larger than the teacher's in both spatial dimensions the teacher is adaptive-average-pooled to
@@ -27,6 +32,7 @@ student layers of the batch-mean of the (weighted) per-pair losses.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Sequence
 
@@ -41,6 +47,8 @@ MAPPINGS = ("one2one", "full", "attention")
 PROJECTORS = ("conv1x1", "embed")
 RELATIONS = ("mse", "sp")
 LOGIT_LOSSES = ("none", "kd", "kd_std")
+CLASSIFIERS = ("student", "teacher_tail")
+TAIL_STARTS = ("after", "at")
 _LAYER = re.compile(r"^L(\d+)$")
 
 # The paper's standard layer lists (its configs' StudentLayers / baseline TeacherLayers, spec
@@ -193,6 +201,8 @@ class FeatureKD(Distiller):
         attention_dims: Sequence[int] = (256, 128),
         batch_size: int = 128,
         sp_first_row_only: bool = False,
+        classifier: str = "student",
+        tail_start: str = "after",
         weight: float | None = None,
     ) -> None:
         super().__init__(s_shapes, t_shapes, weight=weight)
@@ -201,6 +211,8 @@ class FeatureKD(Distiller):
             ("projector", projector, PROJECTORS),
             ("relation", relation, RELATIONS),
             ("logit_loss", logit_loss, LOGIT_LOSSES),
+            ("classifier", classifier, CLASSIFIERS),
+            ("tail_start", tail_start, TAIL_STARTS),
         ):
             if value not in allowed:
                 raise DistillerConfigError(param, value, f"one of {', '.join(allowed)}")
@@ -221,6 +233,20 @@ class FeatureKD(Distiller):
             )
         if relation == "sp" and mapping != "one2one":
             raise DistillerConfigError("mapping", mapping, "relation 'sp' pairs layers one2one")
+        if classifier == "teacher_tail" and (mapping != "one2one" or relation != "mse"):
+            raise DistillerConfigError(
+                "classifier", classifier, "the teacher tail reads a one2one projection (mse)"
+            )
+        if (
+            classifier == "teacher_tail"
+            and any(len(s_shapes[layer_tap(k)]) == 2 for k in s_idx)
+            and len(t_shapes[layer_tap(t_idx[-1])]) == 3
+        ):
+            raise DistillerConfigError(
+                "classifier", classifier, "a transformer student cannot feed a CNN teacher's tail"
+            )
+        if classifier == "teacher_tail" and separate_head:
+            raise DistillerConfigError("separate_head", True, "the teacher tail is the head")
         self.s_layers, self.t_layers = s_idx, t_idx
         self.mapping, self.relation, self.logit_loss = mapping, relation, logit_loss
         self.separate_head = bool(separate_head)
@@ -233,6 +259,8 @@ class FeatureKD(Distiller):
             *(t_shapes[layer_tap(k)] for k in t_idx),
         ]
         self.one_d = any(len(s) == 2 for s in shapes)  # a transformer on either side
+        self.t_is_tokens = len(t_shapes[layer_tap(t_idx[-1])]) == 2
+        self.t_is_vector = len(t_shapes[layer_tap(t_idx[-1])]) == 1
         if mapping == "one2one":
             self.pairs = [(i, i) for i in range(len(s_idx))]
         else:
@@ -261,11 +289,64 @@ class FeatureKD(Distiller):
             dims = tuple(int(d) for d in attention_dims)
             self.queries = nn.ModuleList(_GramEmbed(batch_size, dims) for _ in s_idx)
             self.keys = nn.ModuleList(_GramEmbed(batch_size, dims) for _ in t_idx)
+        self.classifier = classifier
+        self.tail_after = t_idx[-1] - (1 if tail_start == "at" else 0)
+        if self.tail_after < 0:
+            raise DistillerConfigError(
+                "tail_start", tail_start, "the teacher's layer 0 has no 'at'"
+            )
+        self.tail: nn.Module | None = None  # attach_teacher: the trainable copy
+        self.tail_in_shape: tuple[int, ...] = ()
         self.student_taps = tuple(layer_tap(k) for k in s_idx)
         self.teacher_taps = tuple(layer_tap(k) for k in t_idx)
         if logit_loss != "none":
-            self.student_taps += ("logits",)
+            if classifier == "student":  # the tail's logits replace the student's own
+                self.student_taps += ("logits",)
             self.teacher_taps += ("logits",)
+
+    @property
+    def uses_tail(self) -> bool:
+        """Whether the student's logits come from the teacher's tail (the SimKD variant)."""
+        return self.classifier == "teacher_tail"
+
+    def attach_teacher(self, teacher: nn.Module, in_shape: Sequence[int]) -> None:
+        """Give the SimKD variant its trainable copy of the teacher (`in_shape`: the input's)."""
+        if self.uses_tail:
+            self.tail = copy.deepcopy(teacher).requires_grad_(True).train(self.training)
+            self.tail_in_shape = tuple(in_shape)
+
+    def tail_logits(self, s: Taps) -> Tensor:
+        """The student's logits through the teacher tail: the last student feature, pooled to the
+        teacher's size if larger, projected, then the copied teacher layers after the last
+        distilled one (tokens back to token-major for a transformer)."""
+        if self.tail is None:
+            raise RuntimeError("teacher_tail needs attach_teacher(teacher, in_shape) first")
+        last = len(self.pairs) - 1
+        f = _to_map(_tap(s, self.student_taps[last], "student"), self.one_d)
+        s_size = self.plans[last][0]
+        h = self.projectors[last](f if s_size is None else _pool(f, s_size))
+        if self.t_is_tokens:
+            h = h.transpose(1, 2)
+        elif self.t_is_vector:
+            h = h.flatten(1)
+        return self.tail.forward_from(h, self.tail_after, self.tail_in_shape)  # type: ignore[operator]
+
+    def extra_parameters(self) -> int:
+        """Projectors and attention MLPs, plus the teacher layers the tail really runs."""
+        own = sum(p.numel() for n, p in self.named_parameters() if not n.startswith("tail."))
+        if self.tail is None:
+            return own
+        table = self.tail.layer_table(self.tail_in_shape)  # type: ignore[operator]
+        names = [g.name for g in table[self.tail_after + 1 :]]
+        used = {
+            id(p)
+            for name, module in self.tail.named_modules()
+            if any(name == n or name.startswith(n + ".") for n in names)
+            for p in module.parameters()
+        }
+        head = getattr(self.tail, "head_name", "classifier")
+        used |= {id(p) for p in getattr(self.tail, head).parameters()}
+        return own + sum(p.numel() for p in self.tail.parameters() if id(p) in used)
 
     @property
     def detach_after(self) -> int | None:

@@ -211,6 +211,35 @@ class TapNet(nn.Module):
             logits = None
         return {i: walk.out[k] for i, k in index.items()}, logits
 
+    def forward_from(self, h: Tensor, after: int, in_shape: Sequence[int]) -> Tensor:
+        """Logits of the layers after generalized layer `after`, run on `h` in place of that
+        layer's output (SimKD's reused teacher tail). `in_shape` is the model's input shape.
+
+        The forward is written once per family, so the layers before `after` run on a single
+        blank image, in eval mode and without a gradient (their outputs are discarded); from
+        layer `after` on, the model's own mode and the caller's grad mode apply."""
+        k = self.layer_index(after, tuple(in_shape))
+        grad, mode = torch.is_grad_enabled(), self.training
+
+        def walk(x: Tensor, name: str) -> Tensor:
+            nonlocal count
+            count += 1
+            if count - 1 != k:
+                return x
+            torch.set_grad_enabled(grad)
+            self.train(mode)
+            return h
+
+        count = 0
+        blank = torch.zeros((1, *in_shape), dtype=h.dtype, device=h.device)
+        self.eval()
+        torch.set_grad_enabled(False)
+        try:
+            return self._forward_all(blank, walk)["logits"]
+        finally:
+            torch.set_grad_enabled(grad)
+            self.train(mode)
+
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """ "backbone": every parameter before the first Linear; "head": from it on (the attribute
         `head_name`). For a smaller learning rate on a pretrained backbone."""
