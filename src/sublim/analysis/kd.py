@@ -126,3 +126,90 @@ def kd_figure(summary: pd.DataFrame, dataset: str) -> Figure:
     if len(finite):
         ax.set_ylim(max(0.0, float(finite.min()) - 0.1), min(1.0, float(finite.max()) + 0.05))
     return fig
+
+
+def kd_gains(frame: pd.DataFrame, opts: PlotOptions) -> pd.DataFrame:
+    """The gain of each distillation over its student trained alone (the KD_wo_CE paper's
+    figure): per dataset, pair, method and metric, mean(method) - mean(alone) over completed
+    seeds, with a bootstrap CI that resamples both groups independently (seeded per group)."""
+    from .bootstrap import bootstrap_distribution, group_seed
+
+    done = frame[frame["status"] == "completed"]
+    alone = done[done["teacher"] == "-"]
+    students = done[done["teacher"] != "-"]
+    rows = []
+    for (dataset, teacher, student, method), part in students.groupby(
+        ["dataset", "teacher", "student", "method"], sort=True
+    ):
+        base = alone[(alone["dataset"] == dataset) & (alone["student"] == student)]
+        if base.empty:
+            continue
+        for metric in KD_METRICS:
+            a = part[metric].dropna().to_numpy(float)
+            b = base[metric].dropna().to_numpy(float)
+            if not len(a) or not len(b):
+                continue
+            gain = float(a.mean() - b.mean())
+            low = high = np.nan
+            if len(a) > 1 or len(b) > 1:
+                rng = np.random.default_rng(
+                    group_seed(opts.seed, dataset, teacher, student, method, metric)
+                )
+                diff = bootstrap_distribution(a, "mean", opts.n_resamples, rng)
+                diff -= bootstrap_distribution(b, "mean", opts.n_resamples, rng)
+                tail = (1 - opts.level) / 2
+                low, high = (float(q) for q in np.quantile(diff, [tail, 1 - tail]))
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "teacher": teacher,
+                    "student": student,
+                    "method": method,
+                    "metric": metric,
+                    "n": len(a),
+                    "n_alone": len(b),
+                    "alone_mean": float(b.mean()),
+                    "gain": gain,
+                    "ci_low": low,
+                    "ci_high": high,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+@styled
+def kd_gain_figure(gains: pd.DataFrame, metric: str = "best_acc") -> Figure:
+    """Horizontal bars of method minus the student alone, in accuracy points, with CIs: one
+    panel per pair (rows) and dataset (columns), methods in the same order everywhere."""
+    part = gains[gains["metric"] == metric]
+    datasets = sorted(part["dataset"].unique())
+    pairs = sorted({(t, s) for t, s in part[["teacher", "student"]].itertuples(index=False)})
+    methods = sorted(part["method"].unique())
+    width = min(PAGE_WIDTH, 1.4 + 2.0 * len(datasets))
+    height = 0.6 + (0.25 * len(methods) + 0.5) * len(pairs)
+    fig, axes = new_figure(width, height, nrows=len(pairs), ncols=len(datasets), sharey=True)
+    for i, (teacher, student) in enumerate(pairs):
+        for j, dataset in enumerate(datasets):
+            ax = axes[i][j]
+            cell = part[
+                (part["teacher"] == teacher)
+                & (part["student"] == student)
+                & (part["dataset"] == dataset)
+            ].set_index("method")
+            y = np.arange(len(methods))
+            gain = np.array([100 * cell["gain"].get(m, np.nan) for m in methods])
+            low = np.array([100 * cell["ci_low"].get(m, np.nan) for m in methods])
+            high = np.array([100 * cell["ci_high"].get(m, np.nan) for m in methods])
+            err = np.nan_to_num(np.array([gain - low, high - gain]))
+            colors = ["#2a7f62" if g >= 0 else "#b5523b" for g in np.nan_to_num(gain)]
+            ax.barh(y, np.nan_to_num(gain), xerr=err, color=colors, capsize=1.5, height=0.7)
+            ax.axvline(0.0, color="black", linewidth=0.6)
+            ax.set_yticks(y, methods)
+            if i == 0 and j == 0:  # the y axis is shared: invert it once, first method on top
+                ax.invert_yaxis()
+            ax.set_title(f"{teacher} -> {student}, {dataset}")
+            if i == len(pairs) - 1:
+                ax.set_xlabel("gain over the student alone (points)")
+    which = "best" if metric == "best_acc" else "last"
+    fig.suptitle(f"Distillation gain ({which}-epoch test accuracy; mean and CI over seeds)")
+    return fig

@@ -21,7 +21,7 @@ from ..store.writer import check_writable
 from .bootstrap import DEFAULT_RESAMPLES, METHODS
 from .diagnostics import diagnostics_figures
 from .html import Section, render_html
-from .kd import kd_figure, load_kd, summarize_kd
+from .kd import kd_figure, kd_gain_figure, kd_gains, load_kd, summarize_kd
 from .layers import layer_similarity_figure
 from .load import load, load_configs
 from .plots import PlotOptions, generic_figure, pick_x
@@ -130,6 +130,7 @@ def build_report(
         sections = _sections(runs, options)
         tables = _section_tables(runs, summary, sections, options)
     kd_summary = summarize_kd(kd_runs, options.plot()) if not kd_runs.empty else pd.DataFrame()
+    gains = kd_gains(kd_runs, options.plot()) if not kd_runs.empty else pd.DataFrame()
     if not kd_summary.empty:
         tables[KD_SECTION] = (int((kd_runs["status"] == "completed").sum()), kd_summary)
     text = "\n\n".join(
@@ -142,6 +143,8 @@ def build_report(
         _write(result, out_dir / "summary.csv", summary.to_csv(index=False).encode())
     if not kd_summary.empty:
         _write(result, out_dir / "kd_summary.csv", kd_summary.to_csv(index=False).encode())
+    if not gains.empty:
+        _write(result, out_dir / "kd_gains.csv", gains.to_csv(index=False).encode())
         pending = kd_runs[kd_runs["status"] != "completed"]
         if len(pending):
             note(f"{len(pending)} KD experiments not completed (in progress or failed); left out")
@@ -162,6 +165,9 @@ def build_report(
         for dataset in sorted(kd_summary["dataset"].unique()):
             fig = kd_figure(kd_summary, dataset)
             figures.append((KD_SECTION, f"kd_{dataset}", f"KD on {dataset}", fig))
+    if not gains.empty:
+        caption = "Gain of each method over the student trained alone (best epoch)"
+        figures.append((KD_SECTION, "kd_gains", caption, kd_gain_figure(gains)))
     pngs: dict[str, list[tuple[str, bytes]]] = {}
     for sweep, stem, caption, fig in figures:
         try:
