@@ -85,3 +85,26 @@ def explicit_dests(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[
         if len(matches) == 1:
             found |= matches
     return found
+
+
+TRACK_HELP = (
+    "track in TensorBoard (tensorboard:DIR) or MLflow (mlflow: a SQLite store "
+    "<outdir>/mlflow.db; mlflow:URI: any tracking URI, e.g. http://127.0.0.1:5000); repeatable; "
+    "needs pip install 'sublim[tracking]'; a tracking failure warns once and never stops the "
+    "work; tracking does not change results or config hashes"
+)
+
+
+def add_track_argument(p: Any) -> None:
+    """The repeatable `--track` flag (experiment tracking, sublim.tracking)."""
+    p.add_argument("--track", action="append", default=None, metavar="TARGET", help=TRACK_HELP)
+
+
+def track_targets(ns: argparse.Namespace, spec_value: Any = None, where: str = "track") -> tuple:
+    """The tracking targets: --track when given (it replaces the spec's), else the spec's
+    `track` value; validated here (one line naming --track, e.g. when the extra is missing)."""
+    from ..tracking import parse_targets
+
+    if getattr(ns, "track", None):
+        return parse_targets(ns.track, "--track")
+    return parse_targets(spec_value, where)

@@ -21,7 +21,15 @@ from ..config import (
 from ..config.perturbspec import TIMINGS, parse_json, parse_shorthand
 from ..config.presets import PRESETS, preset
 from ..errors import ConfigError
-from .args import json_or_file, parse_float, parse_floats, parse_int, parse_ints
+from .args import (
+    add_track_argument,
+    json_or_file,
+    parse_float,
+    parse_floats,
+    parse_int,
+    parse_ints,
+    track_targets,
+)
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -96,6 +104,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="no progress bars (the final summary line is still printed)",
     )
+    add_track_argument(g)
 
     g = p.add_argument_group("data")
     g.add_argument(
@@ -376,6 +385,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
     from ..store import RunStore, check_writable
 
     config = config_from_args(ns)  # validates before torch is even imported
+    targets = track_targets(ns)
     check_writable(config.outdir)
     check_data_dir(config.data_dir)
     from ..engine import load_data, resolve_device, run
@@ -387,6 +397,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
     record = run(config, progress=progress)
     with RunStore(config.outdir, append_global=config.append_global).open(wait=120) as store:
         store.write(record)
+    if targets:
+        track_run(targets, config.outdir, config.sweep_name or "sublim", [record])
     print(_summary(record, Path(config.outdir)))
     return 0
 
@@ -405,3 +417,14 @@ def check_checkpoints(configs: list[Any]) -> None:
             continue
         seen.add(teacher_key(config))
         load_teacher_checkpoint(config, torch.device("cpu"))
+
+
+def track_run(targets: tuple, outdir: str, group: str, records: list[Any]) -> None:
+    """Log finished runs to the tracking targets (one tracked run each, no parent run)."""
+    from ..tracking import RunsTracker, TrackSpec
+
+    spec = TrackSpec.make(targets, outdir, group)
+    if spec is not None:
+        tracker = RunsTracker(spec, outdir, parent=False)
+        tracker.log(records)
+        tracker.close()

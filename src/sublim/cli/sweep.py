@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .args import PROG, parse_int
+from .args import PROG, add_track_argument, parse_int, track_targets
 from .run import check_checkpoints, check_data_dir
 
 
@@ -50,6 +50,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "--max-runs", default=None, help="run at most N of the pending runs this time"
     )
     sweep_p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_track_argument(sweep_p)
     return sweep_p
 
 
@@ -90,6 +91,7 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
     if max_runs is not None and max_runs < 1:
         raise ConfigError("--max-runs", max_runs, "expected an integer >= 1")
     outdir = ns.outdir or str(Path("outputs") / spec.name)
+    targets = track_targets(ns, spec.track, f"{spec.path}: track")
     check_writable(outdir)
     check_executor(ns.executor)
     store = RunStore(outdir, append_global=True)
@@ -123,9 +125,10 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
             print("\n".join(plan.summary(examples=0)), file=sys.stderr)
         progress = not ns.quiet and sys.stderr.isatty()
         executor = make_executor(ns.executor)
+        tracker = _tracker(targets, outdir, spec.name)
         written = 0
         try:
-            written = execute_sweep(plan, store, executor, progress)
+            written = execute_sweep(plan, store, executor, progress, tracker)
         except KeyboardInterrupt:
             sys.stderr.write(
                 f"{PROG}: interrupted; finished runs are written; rerun the same command to "
@@ -134,7 +137,18 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
             return 130
         finally:
             executor.close()
+            if tracker is not None:
+                tracker.close()
     print(
         f"sweep {spec.name}: {written} runs written to {outdir} ({plan.finished} were already there)"
     )
     return 0
+
+
+def _tracker(targets: tuple, outdir: str, name: str) -> Any:
+    """The sweep's RunsTracker (MLflow experiment and TensorBoard folder = the sweep's name),
+    or None without --track / track."""
+    from ..tracking import RunsTracker, TrackSpec
+
+    spec = TrackSpec.make(targets, outdir, name)
+    return None if spec is None else RunsTracker(spec, outdir)

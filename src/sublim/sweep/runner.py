@@ -120,14 +120,21 @@ def plan_sweep(
     )
 
 
-def execute_sweep(plan: SweepPlan, store: RunStore, executor: Any, progress: bool = True) -> int:
+def execute_sweep(
+    plan: SweepPlan,
+    store: RunStore,
+    executor: Any,
+    progress: bool = True,
+    tracker: Any = None,
+) -> int:
     """Run the plan's pending runs on `executor`, writing each finished task; returns runs written.
 
     Tasks are teacher trainings and stacks of runs that train together (engine.batch.plan_stacks;
     a stack may span seeds and teachers). A stack is submitted once all its teachers are in the
     cache, with their bytes; teachers are trained in the order the stacks need them. At most
     `2 * workers` tasks are in flight. On KeyboardInterrupt, what has finished is written before
-    the interrupt propagates.
+    the interrupt propagates. `tracker` (sublim.tracking.RunsTracker) gets each written task's
+    records after the store has them; the caller closes it.
     """
     stacks = [(s, {teacher_key(c) for c in s}) for s in plan_stacks(plan.pending)]
     ready = set(plan.cached)
@@ -174,6 +181,8 @@ def execute_sweep(plan: SweepPlan, store: RunStore, executor: Any, progress: boo
             release()
             return
         store.write_many(result)
+        if tracker is not None:
+            tracker.log(result)
         written += len(result)
         bar.update(len(result))
         minutes = (time.perf_counter() - start) / 60

@@ -37,6 +37,7 @@ TOP_KEYS = (
     "grid",
     "zip",
     "conditions",
+    "track",
 )
 CONFIG_FIELDS = tuple(f.name for f in fields(ExperimentConfig))
 # fields a spec may not set: they belong to the sweep command, not to the experiment
@@ -69,6 +70,7 @@ class SweepSpec:
     grid: dict[str, list[Any]]
     zipped: dict[str, list[Any]]
     conditions: dict[str, dict[str, Any]]
+    track: tuple[str, ...] = ()  # tracking targets (sublim.tracking); not part of any config
 
     @property
     def axis_names(self) -> list[str]:
@@ -290,6 +292,13 @@ def parse_spec(
     name = data.get("name", default_name)
     if not isinstance(name, str) or not name:
         raise SpecError(f"{path}: name: invalid value {name!r}; expected a non-empty string")
+    track = data.get("track", [])
+    track = [track] if isinstance(track, str) else track
+    if not isinstance(track, list) or not all(isinstance(t, str) for t in track):
+        raise SpecError(
+            f"{path}: track: invalid value {data['track']!r}; expected a string like "
+            '"tensorboard:DIR" or "mlflow", or a list of them'
+        )
     spec = SweepSpec(
         path=path,
         name=name,
@@ -301,5 +310,6 @@ def parse_spec(
         grid=grid,
         zipped=zipped,
         conditions=conditions,
+        track=tuple(track),
     )
     return spec
