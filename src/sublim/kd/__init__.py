@@ -1,5 +1,8 @@
-"""Classical and feature knowledge distillation on CIFAR-style models (issue 6, in progress).
+"""Classical and feature knowledge distillation on CIFAR-style and KD_wo_CE models.
 
-`kd.models`: CIFAR ResNets, WRNs, VGGs and MobileNetV2 with named feature taps;
-`kd.losses`: the distillation methods as registered components that read taps by name.
+`kd.models`: the CIFAR zoo (RepDistiller's ResNets, WRNs, VGGs, MobileNetV2) and the KD_wo_CE
+models (torchvision-layout ResNets and VGG-BNs, MobileNetV2 x1, ViTs), with named feature taps
+and generalized layers; `kd.losses`: the distillation methods as registered components;
+`kd.config`, `kd.train`, `kd.runner`: resumable experiments; `kd.sweep`: grids of them;
+`kd.pretrained`: torchvision ImageNet weights for teachers.
 """
