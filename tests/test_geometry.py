@@ -387,3 +387,5 @@ def test_layer_quality_end_to_end() -> None:
     assert again == rows
     other = layer_quality(model, images, labels, 4, [0], seed=6, per_class_a=10, per_class_b=20)
     assert other[0]["s"] != rows[0]["s"]
+    with pytest.raises(ConfigError, match="layers: invalid value"):
+        layer_quality(model, images, labels, 4, [-1])

@@ -1,7 +1,14 @@
 """Representation geometry: layer knowledge quality (S, I, E, Q), intrinsic dimensions, CKA and RSA.
 
-A low-level numeric package (torch only): the engine, sublim.kd and sublim.analysis build on it.
-Statistics come from Gram matrices, so memory is O(N^2) in the number of samples, not O(N * D).
+A low-level numeric package (torch, plus sublim.errors and sublim.seeds): the engine, sublim.kd
+and sublim.analysis build on it. Statistics come from Gram matrices, so memory is O(N^2) in the
+number of samples, not O(N * D).
+
+`layer_quality(features_fn, images, labels, C, layers)` gives one row per layer with keys: layer,
+dim, n_a, n_b, seed; s, i, e, q, sqrt_ie (the reference's S, I with ln 5, E, Q = S + sqrt(I E));
+i_corrected, q_corrected (entropy over each class's own ED_c ratios / ln n_c); ed, entropy,
+entropy_corrected, d_g, k; cos_intra, cos_inter, cos_min_intra, dist_min_inter, norm_mean;
+pca90, pca95 (centered); twonn (L2-normalised features); probe_acc when asked for.
 """
 
 from __future__ import annotations

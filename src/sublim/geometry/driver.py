@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ..errors import ConfigError
 from .accumulate import QualityAccumulator
 from .plan import DEFAULT_BUDGET, Slice, plan_passes
 from .sampling import balanced_subsets
@@ -51,6 +52,10 @@ def layer_quality(
         labels, num_classes, seed, per_class_a=per_class_a, per_class_b=per_class_b
     )
     layers = sorted({int(x) for x in layers})
+    if not layers or layers[0] < 0:
+        raise ConfigError(
+            "layers", layers, "give one or more non-negative generalized-layer indices"
+        )
     with torch.no_grad():
         probe = features_fn(images[a[:1]], layers)
     dims = {layer: probe[layer][0].numel() for layer in layers}

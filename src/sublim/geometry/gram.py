@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor
 
@@ -46,8 +49,24 @@ def center_gram(g: Tensor) -> Tensor:
 
 def centered_spectrum(g: Tensor, rank: int) -> Tensor:
     """Variances along the principal axes (descending, `rank` values, float64) of the samples whose
-    uncentered Gram is `g`: the squared singular values of the centered feature matrix. Solved in
-    float64 up to EIG_FLOAT64_MAX samples, above in float32 (less time and memory)."""
-    dtype = torch.float64 if g.shape[-1] <= EIG_FLOAT64_MAX else torch.float32
-    ev = torch.linalg.eigvalsh(center_gram(g.to(dtype))).flip(0)[:rank]
-    return ev.double().clamp_min(0.0)
+    uncentered Gram is `g`: the squared singular values of the centered feature matrix.
+
+    Up to EIG_FLOAT64_MAX samples in float64; above, in float32 and on one thread: LAPACK's
+    tridiagonal reduction is memory-bound, and on 2 shared cores two threads ran 3x slower.
+    """
+    if g.shape[-1] <= EIG_FLOAT64_MAX:
+        ev = torch.linalg.eigvalsh(center_gram(g.double()))
+    else:
+        with _one_thread():
+            ev = torch.linalg.eigvalsh(center_gram(g.float()))
+    return ev.flip(0)[:rank].double().clamp_min(0.0)
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
