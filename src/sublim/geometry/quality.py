@@ -16,9 +16,8 @@ from .dims import linear_probe, pca_dims, twonn
 from .gram import center_gram, centered_spectrum
 
 ED_THRESHOLD = 0.95  # class-wise embedding dimension: variance fraction
-LN_DIVISOR = math.log(
-    5
-)  # the reference's constant (its comment says "capped at 500 samples/class")
+# The reference's divisor of I; its comment says "capped at 500 samples/class" (ln 500 meant?).
+LN_DIVISOR = math.log(5)
 
 
 def _class_index(labels: Tensor) -> list[Tensor]:
@@ -98,15 +97,13 @@ def spectral_terms(spectra: list[Tensor], per_class: list[int]) -> dict[str, flo
     }
 
 
-def combine(
-    sep: dict[str, float], spec: dict[str, float], d_g: int, n_train: int
-) -> dict[str, float]:
+def combine(terms: dict[str, float], d_g: int, n_train: int) -> dict[str, float]:
     """S, I, E, Q and the corrected I and Q from the separation and spectral terms."""
-    s = sep["cos_intra"] - sep["cos_inter"]
-    i = (1 - sep["cos_min_intra"]) * spec["entropy"] / LN_DIVISOR
-    i_corr = (1 - sep["cos_min_intra"]) * spec["entropy_corrected"]
+    s = terms["cos_intra"] - terms["cos_inter"]
+    i = (1 - terms["cos_min_intra"]) * terms["entropy"] / LN_DIVISOR
+    i_corr = (1 - terms["cos_min_intra"]) * terms["entropy_corrected"]
     k = (n_train / math.pi) ** (1 / d_g)
-    e = k * 2 * sep["dist_min_inter"] / sep["norm_mean"]
+    e = k * 2 * terms["dist_min_inter"] / terms["norm_mean"]
     root = math.sqrt(i * e) if i * e >= 0 else math.nan
     root_corr = math.sqrt(i_corr * e) if i_corr * e >= 0 else math.nan
     return {
@@ -142,7 +139,7 @@ def layer_row(
     n = labels.numel()
     row = separation_terms(g, labels)
     row.update(spectral_terms(spectra, per_class_b))
-    row.update(combine(row, row, min(n, dim), n_train))
+    row.update(combine(row, min(n, dim), n_train))
     row["twonn"] = twonn(g)
     if variances is None:
         variances = centered_spectrum(g, min(n, dim))
