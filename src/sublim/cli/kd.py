@@ -1,5 +1,5 @@
-"""`sublim kd train-teacher | distill | sweep | layers`: flags -> KDConfig -> an experiment or a
-sweep; `layers` prints a model's generalized layers."""
+"""`sublim kd train-teacher | distill | sweep | layers | analyze`: flags -> KDConfig -> an
+experiment or a sweep; `layers` prints a model's generalized layers, `analyze` their geometry."""
 
 from __future__ import annotations
 
@@ -125,6 +125,29 @@ def add_parser(sub: Any, parser_class: type) -> None:
     layers.add_argument(
         "--dataset", default="cifar100", help="sets the input size (default: %(default)s)"
     )
+    analyze = kd_sub.add_parser(
+        "analyze",
+        help="layer knowledge quality (S, I, E, Q), PCA/TwoNN dimensions, cosines of every "
+        "generalized layer; CKA against a teacher",
+        description="Analyse every generalized layer of a completed experiment (or a best.pt) on "
+        "its training split, un-augmented, in eval mode, on class-balanced subsets (KD_wo_CE "
+        "spec section 2): writes layer_quality.csv (cached by the model's identity and these "
+        "settings) and layer_quality.png beside it; --against adds cka_<teacher>.csv/.png.",
+    )
+    analyze.add_argument("path", help="experiment directory or best.pt")
+    analyze.add_argument("--seed", default="0", help="subset seed (default: %(default)s)")
+    analyze.add_argument("--probe", action="store_true", help="also a linear-probe accuracy")
+    analyze.add_argument("--against", default=None, help="teacher experiment (or best.pt): CKA")
+    analyze.add_argument("--data-dir", default=None, help="dataset files (default: the config's)")
+    analyze.add_argument("--dataset", default=None, help="for a checkpoint without config.json")
+    analyze.add_argument(
+        "--limit", default=None, help="first N training images (default: the config's)"
+    )
+    analyze.add_argument("--per-class-a", default=None, help="|A| per class (default 5000/C)")
+    analyze.add_argument("--per-class-b", default=None, help="|B| per class (default <= 500)")
+    analyze.add_argument("--top-k", default="4", help="layers marked in the figure (default 4)")
+    analyze.add_argument("--cka-samples", default="1000", help="images for --against's CKA")
+    analyze.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -266,12 +289,17 @@ def cmd_kd(ns: argparse.Namespace) -> int:
 
     if ns.kd_command is None:
         raise UserError(
-            "kd: give a command: train-teacher, distill, sweep or layers (see 'sublim kd --help')"
+            "kd: give a command: train-teacher, distill, sweep, layers or analyze "
+            "(see 'sublim kd --help')"
         )
     if ns.kd_command == "sweep":
         return _cmd_sweep(ns)
     if ns.kd_command == "layers":
         return _cmd_layers(ns)
+    if ns.kd_command == "analyze":
+        from .kd_analyze import cmd_analyze
+
+        return cmd_analyze(ns)
     config = resolve_teacher(config_from_args(ns))
     prepare_check(config)
     progress = not ns.quiet and sys.stderr.isatty()
