@@ -9,6 +9,7 @@ relative depth across models, and teacher-student CKA heat maps.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -56,11 +57,21 @@ def load_quality(
         if missing or frame.empty:
             warn(f"{path}: not a layer-quality table (missing {missing or 'rows'}); skipped")
             continue
-        model = str(frame["model"].iloc[0]) if "model" in frame.columns else "model"
-        dataset = str(frame["dataset"].iloc[0]) if "dataset" in frame.columns else ""
+        config = _config_beside(path)
+        model = str(frame["model"].iloc[0]) if "model" in frame else config.get("model", "")
+        dataset = str(frame["dataset"].iloc[0]) if "dataset" in frame else config.get("dataset", "")
         label = f"{dataset} {model} ({Path(dirpath).name})".strip()
         out.append((label, frame.sort_values("index").reset_index(drop=True)))
     return out
+
+
+def _config_beside(path: Path) -> dict[str, str]:
+    """The experiment's config.json next to a CSV ({} when absent or unreadable)."""
+    try:
+        data = json.loads((path.parent / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 @styled

@@ -25,6 +25,7 @@ from .kd import kd_figure, kd_gain_figure, kd_gains, load_kd, summarize_kd
 from .layers import layer_similarity_figure
 from .load import load, load_configs
 from .plots import PlotOptions, generic_figure, pick_x
+from .quality import depth_figure, load_quality, quality_figure
 from .recipes import FIGURES, RECIPES, RecipeMismatch, figure_of
 from .style import FORMATS, close, render, save, write_atomic
 from .summary import DEFAULT_METRICS, check_columns, detect_axes
@@ -111,10 +112,11 @@ def build_report(
         raise UserError(str(exc).replace("--outdir", "--out", 1)) from None
     runs = load(outdir, "runs", warn=note)
     kd_runs = load_kd(outdir, note)
-    if runs.empty and kd_runs.empty:
+    quality = load_quality(outdir, note)  # layer_quality.csv of analysed KD models
+    if runs.empty and kd_runs.empty and not quality:
         raise UserError(
             f"OUTDIR {outdir}: no runs found (no seed_*/runs.csv or runs_all_seeds.csv, and no "
-            "sublim kd experiment, below it)"
+            "sublim kd experiment or layer_quality.csv, below it)"
         )
     by: list[str] = []
     summary = pd.DataFrame()
@@ -168,6 +170,7 @@ def build_report(
     if not gains.empty:
         caption = "Gain of each method over the student trained alone (best epoch)"
         figures.append((KD_SECTION, "kd_gains", caption, kd_gain_figure(gains)))
+    figures += quality_figures(quality)
     pngs: dict[str, list[tuple[str, bytes]]] = {}
     for sweep, stem, caption, fig in figures:
         try:
@@ -186,6 +189,26 @@ def build_report(
         html = _html(outdir, runs, tables, by, sections, pngs, warnings, options)
         _write(result, out_dir / "report.html", html.encode())
     return result
+
+
+def quality_figures(quality: list[tuple[str, pd.DataFrame]]) -> list[Drawn]:
+    """The paper's "Layerwise Knowledge Quality" figure per analysed model and Q against
+    relative depth across them (from `sublim kd analyze`'s layer_quality.csv files)."""
+    drawn: list[Drawn] = []
+    for label, frame in quality:
+        stem = f"layer_quality_{_slug(label)}"
+        drawn.append(
+            (
+                KD_SECTION,
+                stem,
+                f"Layerwise knowledge quality: {label}",
+                quality_figure(frame, label),
+            )
+        )
+    if quality:
+        caption = "Knowledge quality Q against relative depth"
+        drawn.append((KD_SECTION, "layer_quality_depth", caption, depth_figure(quality)))
+    return drawn
 
 
 def _write(result: ReportResult, path: Path, data: bytes) -> None:

@@ -113,6 +113,27 @@ NEW_FIELD_DEFAULTS: dict[str, Any] = {
     "vit_pos_layout": "torchvision",
 }
 ONECYCLE_PLANS = ("exact", "reference")
+# fkd's teacher_layers = "auto:METRIC": the k best teacher layers by a layer-quality metric
+# (sublim.geometry.METRICS; KD_wo_CE spec 2.4), resolved by analysing the teacher (kd.autolayers)
+AUTO_METRICS = ("q", "s", "i", "e", "sqrt_ie")
+
+
+def auto_metric(value: Any) -> str | None:
+    """The metric of an "auto:METRIC" layer spec, None for anything that is not a string;
+    ConfigError for a string that is not a valid auto spec."""
+    if not isinstance(value, str):
+        return None
+    head, _, metric = value.strip().lower().partition(":")
+    if head != "auto" or metric not in AUTO_METRICS:
+        raise ConfigError(
+            "teacher_layers",
+            value,
+            "a list of generalized-layer indices, or auto:METRIC with METRIC one of "
+            + ", ".join(AUTO_METRICS),
+        )
+    return metric
+
+
 # Methods whose default behaviour changed after experiments were published (the benchmark's
 # features on WRNs for AT, NST, SP, FitNets and FT; RepDistiller's FT formula; logit
 # standardisation's CE weight 0.1): the revision enters their hash, so an old experiment is
@@ -269,6 +290,8 @@ class KDConfig:
             raise ConfigError("--milestones", self.milestones, "expected epochs >= 1")
         if not isinstance(self.method_params, dict):
             raise ConfigError("--method-params", self.method_params, "expected a JSON object")
+        if self.method == "fkd":
+            auto_metric(self.method_params.get("teacher_layers"))
         if self.init_epochs is not None:
             _int("init_epochs", self.init_epochs, 0)
             if self.init_epochs and self.method not in ("fitnets", "ft"):

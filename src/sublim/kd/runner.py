@@ -55,6 +55,16 @@ FLAG = "--teacher-checkpoint"
 
 
 def resolve_teacher(config: KDConfig) -> KDConfig:
+    """The student with its teacher pinned (`pin_teacher`) and fkd's "auto:METRIC" teacher
+    layers resolved by analysing that teacher (cached; kd.autolayers)."""
+    from .autolayers import resolve_auto_layers
+
+    resolved = resolve_auto_layers(pin_teacher(config))
+    assert resolved is not None  # computed when not cached
+    return resolved
+
+
+def pin_teacher(config: KDConfig) -> KDConfig:
     """The student with its teacher pinned: the checkpoint path and the teacher's identity.
 
     --teacher-checkpoint: that file (identity: its sha256). Otherwise the one completed teacher
@@ -159,15 +169,27 @@ def prepare_check(config: KDConfig, teacher: bool = True, pretrained: bool = Tru
         return
     if teacher:
         load_teacher_weights(config)
+    from .config import auto_metric
     from .losses import create_distiller
+    from .losses.base import DistillerConfigError
+    from .losses.layers import gen_layer_count
     from .train import method_params, named_model_shapes
 
     shape = config.input_shape
     s_shapes = named_model_shapes(config.model, config.num_classes, shape)
     t_shapes = named_model_shapes(str(config.teacher), config.num_classes, shape)
+    params = method_params(config)
+    auto = config.method == "fkd" and auto_metric(params.get("teacher_layers")) is not None
+    if auto:  # the metric is valid (KDConfig checked it); the indices come from the analysis
+        k = len(params["student_layers"]) if isinstance(params.get("student_layers"), list) else 1
+        n = gen_layer_count(t_shapes)
+        params["teacher_layers"] = list(range(max(n - k, 0), n))
     with torch.device("meta"):
         try:
-            create_distiller(config.method, s_shapes, t_shapes, **method_params(config))
+            create_distiller(config.method, s_shapes, t_shapes, **params)
+        except DistillerConfigError as exc:
+            if not (auto and exc.key == "teacher_layers"):  # not the placeholder's fault
+                raise
         except ConfigError:
             raise
         except (TypeError, ValueError) as exc:

@@ -61,6 +61,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..sweep.spec import SpecError, parse_seeds, read_toml
+from .autolayers import resolve_planned, resolve_ready
 from .config import METHOD_NAMES, KDConfig
 from .experiment import Experiment, experiment_dir
 
@@ -231,10 +232,10 @@ def load_plan(path: str | Path, outdir: str, seeds: str | None = None) -> KDPlan
         ck = str(experiment_dir(teacher) / "best.pt")
         student = student.replace(teacher_checkpoint_path=ck, teacher_hash=teacher.config_hash)
         students.setdefault(student.config_hash, student)
-    done = {
-        h
-        for h, c in {**teachers, **students}.items()
-        if Experiment(c).status().get("status") == "completed"
+    t_done = {h for h, c in teachers.items() if Experiment(c).status().get("status") == "completed"}
+    students = resolve_planned(students, t_done)  # auto:METRIC layers of analysed teachers
+    done = t_done | {
+        h for h, c in students.items() if Experiment(c).status().get("status") == "completed"
     }
     return KDPlan(
         str(data.get("name", path.stem)), list(teachers.values()), list(students.values()), done
@@ -402,11 +403,13 @@ def execute(plan: KDPlan, executor: Any, quiet: bool = False) -> int:
     failures = 0
 
     def release() -> None:
-        nonlocal waiting
+        nonlocal waiting, failures
         now = [s for s in waiting if teacher_of[s.config_hash] in ready]
         for s in [s for s in waiting if teacher_of[s.config_hash] in failed]:
             _say(quiet, f"skipped (its teacher failed): {experiment_dir(s)}")
         waiting = [s for s in waiting if teacher_of[s.config_hash] not in ready | failed]
+        now, unresolved = resolve_ready(now, lambda line: _say(False, line))  # auto:METRIC
+        failures += unresolved
         queue.extend(now)
 
     release()

@@ -79,8 +79,17 @@ def resolve_layers(shapes: Shapes, layers: Sequence[int], side: str, param: str)
     """Layer indices made non-negative and checked against the model's range (a one-line error
     that lists the valid range with each layer's shape)."""
     n = gen_layer_count(shapes)
+    if isinstance(layers, str) and layers.strip().lower().startswith("auto:"):
+        raise DistillerConfigError(
+            param,
+            layers,
+            "auto layers are resolved by analysing the teacher first (sublim kd distill and "
+            "sublim kd sweep do it: kd.autolayers.resolve_auto_layers); here give indices",
+        )
     if isinstance(layers, str | int) or not layers:
-        raise DistillerConfigError(param, layers, "a non-empty list of layer indices, e.g. [1, 2]")
+        raise DistillerConfigError(
+            param, layers, "a non-empty list of layer indices, e.g. [1, 2], or auto:METRIC"
+        )
     out = []
     for k in layers:
         if isinstance(k, bool) or not isinstance(k, int) or not -n <= k < n:
