@@ -192,3 +192,82 @@ def test_a_failing_server_warns_once_and_the_sweep_finishes(
     err = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert len(err) == 1 and f"mlflow:{url}" in err[0]
     assert len(_rows(out)) == 4
+
+
+def _kd(out: Path, **kw: object):  # noqa: ANN202 - a KDConfig
+    from sublim.kd.config import KDConfig
+
+    base = dict(
+        dataset="mnist",
+        outdir=str(out),
+        device="cpu",
+        model="resnet8",
+        epochs=2,
+        batch_size=32,
+        train_limit=64,
+        test_limit=64,
+    )
+    return KDConfig(**{**base, **kw})
+
+
+def test_kd_resume_continues_the_same_tracked_runs(
+    tmp_path: Path, empty_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sublim.kd.runner import run_experiment
+    from sublim.tracking import TrackSpec
+
+    out = tmp_path / "kd"
+    uri = _with_store(out, empty_store)
+    tb = tmp_path / "tb"
+    spec = TrackSpec.make(parse_targets([f"tensorboard:{tb}", "mlflow"]), out, "kd")
+    config = _kd(out)
+    first = run_experiment(config, stop_after=lambda epoch: epoch == 0, track=spec)
+    assert first["status"] == "in_progress" and first["epoch"] == 1
+    done = run_experiment(config, track=spec)  # resumes at epoch 2
+    assert done["status"] == "completed" and not done["skipped"]
+    assert "warning" not in capsys.readouterr().err
+    metrics = json.loads((Path(done["dir"]) / "metrics.json").read_text())
+    c = _client(uri)
+    (run,) = c.search_runs([c.get_experiment_by_name("kd").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["model"] == "resnet8"
+    history = c.get_metric_history(run.info.run_id, "test/acc")
+    assert [m.step for m in history] == [1, 2]
+    assert [m.value for m in history] == pytest.approx(metrics["test_acc"])
+    assert [m.step for m in c.get_metric_history(run.info.run_id, "loss/ce")] == [1, 2]
+    (logdir,) = [p.parent for p in tb.rglob("events.out.tfevents.*")][:1]
+    assert len(list(logdir.glob("events.out.tfevents.*"))) == 2  # one file per process
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("test/acc")] == [1, 2]  # no duplicate step
+    assert [e.value for e in acc.Scalars("train/loss")] == pytest.approx(metrics["train_loss"])
+    assert {"lr", "train/acc", "test/loss", "loss/ce"} <= set(acc.Tags()["scalars"])
+    state = json.loads((Path(done["dir"]) / "tracking.json").read_text())
+    assert state[f"mlflow:{uri}"]["run_id"] == run.info.run_id
+
+
+def test_kd_distill_cli_tracks_the_method_loss_terms(tmp_path: Path) -> None:
+    out, tb = tmp_path / "kd", tmp_path / "tb"
+    common = ["--dataset", "mnist", "--train-limit", "64", "--test-limit", "64", "--epochs", "1"]
+    common += ["--device", "cpu", "--outdir", str(out), "--quiet", "--batch-size", "32"]
+    assert main(["kd", "train-teacher", "--model", "resnet8", *common]) == 0
+    args = ["kd", "distill", "--method", "kd", "--teacher", "resnet8", "--student", "resnet8"]
+    assert main([*args, *common, "--track", f"tensorboard:{tb}"]) == 0
+    (logdir,) = {p.parent for p in tb.rglob("events.out.tfevents.*")}
+    assert logdir.relative_to(tb).parts[:3] == ("kd", "mnist", "kd")
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    assert {"loss/ce", "loss/kd"} <= set(acc.Tags()["scalars"])
+    tracking = json.loads((out / "tracking.json").read_text())
+    assert tracking["targets"][0]["open"] == f"tensorboard --logdir {tb.resolve()}"
+
+
+def test_spec_track_values_are_checked(tmp_path: Path) -> None:
+    from sublim.sweep.spec import SpecError, parse_spec
+
+    assert parse_spec({"track": "mlflow"}).track == ("mlflow",)
+    with pytest.raises(SpecError, match="track: invalid value 3"):
+        parse_spec({"track": 3})
+    spec = tmp_path / "s.toml"
+    spec.write_text(SPEC.replace('"mlflow"]', '"wandb"]'))
+    assert main(["sweep", str(spec), "--dry-run", "--outdir", str(tmp_path / "o")]) == 2
+    assert not (tmp_path / "o").exists()

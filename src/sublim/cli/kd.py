@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from ..errors import ConfigError, UserError
-from .args import parse_float, parse_int
+from .args import add_track_argument, parse_float, parse_int, track_targets
 
 RECIPE_DEFAULTS = {
     "epochs": "150",
@@ -113,6 +113,7 @@ def add_parser(sub: Any, parser_class: type) -> None:
     )
     sweep.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     sweep.add_argument("--quiet", action="store_true", help="no per-experiment lines")
+    add_track_argument(sweep)
     layers = kd_sub.add_parser(
         "layers",
         help="print a model's generalized layers (index, name, shape)",
@@ -165,6 +166,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train-limit", default="0", help="use only the first N training images")
     g.add_argument("--test-limit", default="0", help="evaluate on the first N test images only")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_track_argument(g)
     r = p.add_argument_group("training recipe")
     r.add_argument(
         "--preset",
@@ -301,9 +303,10 @@ def cmd_kd(ns: argparse.Namespace) -> int:
 
         return cmd_analyze(ns)
     config = resolve_teacher(config_from_args(ns))
+    targets = track_targets(ns)
     prepare_check(config)
     progress = not ns.quiet and sys.stderr.isatty()
-    result = run_experiment(config, progress=progress)
+    result = run_experiment(config, progress=progress, track=_track(targets, config.outdir, "kd"))
     verb = "already completed" if result.get("skipped") else "completed"
     print(
         f"{verb}: best test acc {result['best_acc']:.4f} (epoch {result['best_epoch']}), last "
@@ -318,6 +321,7 @@ def _cmd_sweep(ns: argparse.Namespace) -> int:
     from ..sweep.executors import check_executor, make_executor
 
     plan = load_plan(ns.spec, ns.outdir, ns.seeds)
+    targets = track_targets(ns, plan.track, f"{ns.spec}: track")
     check_executor(ns.executor)
     for config in plan.students:  # methods and layers, before anything runs (no teacher needed)
         prepare_check(config.replace(teacher_checkpoint_path=None), teacher=False, pretrained=False)
@@ -330,12 +334,24 @@ def _cmd_sweep(ns: argparse.Namespace) -> int:
             prepare_check(config)
     executor = make_executor(ns.executor)
     try:
-        failures = execute(plan, executor, ns.quiet)
+        failures = execute(plan, executor, ns.quiet, _track(targets, ns.outdir, plan.name))
     finally:
         executor.close()
     again = load_plan(ns.spec, ns.outdir, ns.seeds)
     print(again.summary() + (f"; {failures} failed" if failures else ""))
     return 1 if failures else 0
+
+
+def _track(targets: tuple, outdir: str, group: str) -> Any:
+    """The TrackSpec of a KD command (MLflow experiment / TensorBoard folder `group`: the sweep's
+    name, or kd), recorded in <outdir>/tracking.json for the report; None without --track."""
+    from ..tracking import TrackSpec
+    from ..tracking.trackers import record_location
+
+    spec = TrackSpec.make(targets, outdir, group)
+    if spec is not None:
+        record_location(outdir, spec)
+    return spec
 
 
 def _cmd_layers(ns: argparse.Namespace) -> int:

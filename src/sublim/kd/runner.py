@@ -27,8 +27,11 @@ from .train import train
 class _Sink:
     """Writes what the training loop reports, atomically, after every epoch."""
 
-    def __init__(self, exp: Experiment, total_epochs: int, started_at: str) -> None:
+    def __init__(
+        self, exp: Experiment, total_epochs: int, started_at: str, tracker: Any = None
+    ) -> None:
         self.exp, self.total, self.started_at = exp, total_epochs, started_at
+        self.tracker = tracker  # sublim.tracking.ExperimentTracker: epochs after the files
 
     def save_epoch(self, state: dict[str, Any], best: dict[str, Any] | None) -> None:
         if best is not None:
@@ -44,6 +47,8 @@ class _Sink:
             last_acc=state["history"]["test_acc"][-1],
             started_at=self.started_at,
         )
+        if self.tracker is not None:
+            self.tracker.log_history(state["history"])
 
 
 def _now() -> str:
@@ -199,9 +204,12 @@ def prepare_check(config: KDConfig, teacher: bool = True, pretrained: bool = Tru
 
 
 def run_experiment(
-    config: KDConfig, progress: bool = False, stop_after: Any = None
+    config: KDConfig, progress: bool = False, stop_after: Any = None, track: Any = None
 ) -> dict[str, Any]:
-    """Train (or finish, or skip) one experiment; returns its final status record."""
+    """Train (or finish, or skip) one experiment; returns its final status record.
+
+    `track` (a sublim.tracking.TrackSpec, not part of the config: it does not change results)
+    logs every epoch to one tracked run per backend, continued when the experiment resumes."""
     tune_allocator()  # no page-fault storm from freed conv buffers (sublim.engine.alloc)
     config = resolve_teacher(config)
     exp = Experiment(config)
@@ -228,10 +236,13 @@ def run_experiment(
             started_at=started_at,
         )
         started = time.perf_counter()
+        tracker = None if track is None else _tracker(track, exp, config)
         try:
-            sink = _Sink(exp, total, started_at)
+            sink = _Sink(exp, total, started_at, tracker)
             result = train(config, data, device, weights, sink, resume, progress, stop_after)
         except BaseException as exc:
+            if tracker is not None:
+                tracker.close("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
             reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
             previous = exp.status()
             exp.write_status(
@@ -241,7 +252,23 @@ def run_experiment(
             )
             raise
         done = result["epoch"] >= total
+        if tracker is not None and done:
+            tracker.close("FINISHED")
         final = {**result, "epochs": total, "seconds": time.perf_counter() - started}
         final.update(started_at=started_at, finished_at=_now())
         exp.write_status("completed" if done else "in_progress", **final)
     return {**exp.status(), "dir": str(exp.dir), "skipped": False}
+
+
+def _tracker(track: Any, exp: Experiment, config: KDConfig) -> Any:
+    """The experiment's tracker: named by its directory under --outdir, its config as
+    parameters; run ids kept in <experiment>/tracking.json so a resume continues them."""
+    from ..tracking import ExperimentTracker
+
+    try:
+        name = str(exp.dir.resolve().relative_to(Path(config.outdir).resolve()))
+    except ValueError:
+        name = exp.dir.name
+    params = {**config.to_dict(), "config_hash": config.config_hash}
+    tags = {"sublim.config_hash": config.config_hash, "sublim.experiment_dir": str(exp.dir)}
+    return ExperimentTracker(track, exp.dir, name, params, tags)

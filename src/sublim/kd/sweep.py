@@ -79,6 +79,7 @@ TOP_KEYS = (
     "conditions",
     "preset",
     "layers",
+    "track",
 )
 PAIR_KEYS = ("teacher", "student", "params")
 OWNED = ("role", "seed", "outdir", "teacher_checkpoint_path", "model", "teacher")
@@ -141,6 +142,7 @@ class KDPlan:
     teachers: list[KDConfig]
     students: list[KDConfig]
     done: set[str]  # config hashes of completed experiments
+    track: tuple[str, ...] = ()  # tracking targets (sublim.tracking), not part of any config
 
     def summary(self) -> str:
         t_done = sum(c.config_hash in self.done for c in self.teachers)
@@ -237,8 +239,19 @@ def load_plan(path: str | Path, outdir: str, seeds: str | None = None) -> KDPlan
     done = t_done | {
         h for h, c in students.items() if Experiment(c).status().get("status") == "completed"
     }
+    track = data.get("track", [])
+    track = [track] if isinstance(track, str) else track
+    if not isinstance(track, list) or not all(isinstance(t, str) for t in track):
+        raise SpecError(
+            f"{path}: track: invalid value {data['track']!r}; expected a string like "
+            '"tensorboard:DIR" or "mlflow", or a list of them'
+        )
     return KDPlan(
-        str(data.get("name", path.stem)), list(teachers.values()), list(students.values()), done
+        str(data.get("name", path.stem)),
+        list(teachers.values()),
+        list(students.values()),
+        done,
+        tuple(track),
     )
 
 
@@ -372,14 +385,15 @@ def _build(where: str, **kw: Any) -> KDConfig:
         raise SpecError(f"{where}: {' '.join(str(exc).split())}") from None
 
 
-def kd_task(config: KDConfig, threads: int | None = None) -> dict[str, Any]:
-    """Run one experiment in a worker; returns its final status (errors as a status)."""
+def kd_task(config: KDConfig, threads: int | None = None, track: Any = None) -> dict[str, Any]:
+    """Run one experiment in a worker (tracked to `track`, a sublim.tracking.TrackSpec, when
+    given); returns its final status (errors as a status)."""
     from ..sweep.executors import set_torch_threads
     from .runner import run_experiment
 
     set_torch_threads(threads)
     try:
-        return run_experiment(config)
+        return run_experiment(config, track=track)
     except Exception as exc:  # noqa: BLE001 (reported by the driver; the sweep goes on)
         error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
         try:  # failures before training started (data, lock) also reach status.json
@@ -392,8 +406,9 @@ def kd_task(config: KDConfig, threads: int | None = None) -> dict[str, Any]:
         return {"status": "failed", "error": error}
 
 
-def execute(plan: KDPlan, executor: Any, quiet: bool = False) -> int:
-    """Teachers first, each student when its teacher has completed; returns failures."""
+def execute(plan: KDPlan, executor: Any, quiet: bool = False, track: Any = None) -> int:
+    """Teachers first, each student when its teacher has completed; returns failures. Each
+    experiment is tracked to `track` (a TrackSpec) by the worker that trains it."""
     teacher_of = {s.config_hash: str(s.teacher_hash) for s in plan.students}
     ready = {t.config_hash for t in plan.teachers if t.config_hash in plan.done}
     failed: set[str] = set()
@@ -417,7 +432,7 @@ def execute(plan: KDPlan, executor: Any, quiet: bool = False) -> int:
     while queue or in_flight:
         while queue and len(in_flight) < limit:
             config = queue.popleft()
-            in_flight[executor.submit(kd_task, config, executor.threads)] = config
+            in_flight[executor.submit(kd_task, config, executor.threads, track)] = config
         done, _ = executor.wait_any(list(in_flight))
         for fut in done:
             config = in_flight.pop(fut)

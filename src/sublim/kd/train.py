@@ -333,8 +333,21 @@ def train(
             else:
                 lr = _init_lr(config, models) if stage == "init" else config.lr_at(main_epoch)
                 set_lr(opt, lr)
+            terms: dict[str, torch.Tensor] = {}  # named loss terms, summed over the epoch
             loss_sum, correct, seen = _epoch(
-                config, models, opt, scaler, norm, augment, train_x, train_y, e, stage, amp, bar
+                config,
+                models,
+                opt,
+                scaler,
+                norm,
+                augment,
+                train_x,
+                train_y,
+                e,
+                stage,
+                amp,
+                bar,
+                terms,
             )
             test_loss, test_acc = evaluate(models, test_x, test_y, norm, amp)
             for key, value in zip(
@@ -343,6 +356,10 @@ def train(
                 strict=True,
             ):
                 state.history[key].append(value)
+            # per-epoch means of each named loss term (tracking; older checkpoints lack them)
+            state.history.setdefault("terms", [{} for _ in state.history["epoch"][:-1]]).append(
+                {k: v.item() / seen for k, v in terms.items()}
+            )
             best = None
             if stage == "main" and test_acc > state.best_acc:
                 state.best_acc, state.best_epoch = test_acc, main_epoch + 1
@@ -387,8 +404,10 @@ def _epoch(
     stage: str,
     amp: bool,
     bar: tqdm,
+    terms: dict[str, torch.Tensor] | None = None,
 ) -> tuple[float, float, int]:
-    """One pass over the training set; returns (summed loss, correct count, images seen)."""
+    """One pass over the training set; returns (summed loss, correct count, images seen) and
+    adds each named loss term (ce and the method's), times the batch size, to `terms`."""
     student, teacher, distiller = models.student, models.teacher, models.distiller
     student.train()
     if distiller is not None:
@@ -437,6 +456,10 @@ def _epoch(
                 ce = F.cross_entropy(s["logits"].float(), y, label_smoothing=config.label_smoothing)
                 losses = {} if distiller is None else distiller(s, t, y, main_epoch)
                 loss = combine(ce, losses, config.alpha, ce_weight=ce_weight)
+                if terms is not None:
+                    for name, term in {"ce": ce, **losses}.items():
+                        add = term.detach().float() * idx.numel()
+                        terms[name] = terms[name] + add if name in terms else add
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
