@@ -171,6 +171,10 @@ def test_sweep_groups_runs_and_a_rerun_reuses_the_parent(
         assert len(acc.Scalars("student_final_acc")) == 1
     tracking = json.loads((out / "tracking.json").read_text())
     assert {t["kind"] for t in tracking["targets"]} == {"tensorboard", "mlflow"}
+    assert main(["report", str(out), "--html", "--n-boot", "200"]) == 0
+    page = (out / "report" / "report.html").read_text()
+    assert f'href="file://{tb.resolve()}"' in page and uri in page
+    assert f"mlflow ui --backend-store-uri {uri}" in page
 
 
 def _closed_port() -> int:

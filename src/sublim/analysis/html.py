@@ -76,8 +76,10 @@ def render_html(
     sections: Sequence[Section],
     versions: dict[str, str],
     notes: Sequence[str] = (),
+    tracking: Sequence[dict[str, str]] = (),
 ) -> str:
-    """The whole report as one HTML document."""
+    """The whole report as one HTML document; `tracking` (the entries of the output
+    directory's tracking.json) adds links to where the runs were tracked."""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -86,6 +88,8 @@ def render_html(
         f"<h1>{html.escape(title)}</h1>",
     ]
     parts += [f'<p class="note">{html.escape(n)}</p>' for n in notes]
+    if tracking:
+        parts.append(tracking_html(tracking))
     if len(sections) > 1:
         items = "".join(
             f'<li><a href="#s{i}">{html.escape(s.title)}</a> ({s.n_runs} runs)</li>'
@@ -113,6 +117,25 @@ def render_html(
     versions_frame = pd.DataFrame(list(versions.items()), columns=["software", "version"])
     parts += ["<h2>Software</h2>", table_html(versions_frame), "</body></html>"]
     return "\n".join(parts)
+
+
+def tracking_html(entries: Sequence[dict[str, str]]) -> str:
+    """Where the runs were tracked: a link to each location (an http(s) URI as it is, a local
+    store or log directory as a file link) and the command that opens it."""
+    items = []
+    for e in entries:
+        loc = str(e.get("location", ""))
+        if loc.startswith(("http://", "https://")):
+            href = loc
+        else:
+            path = loc.split(":///", 1)[1] if ":///" in loc else loc
+            href = "file://" + ("" if path.startswith("/") else "/") + path
+        items.append(
+            f"<li>{html.escape(str(e.get('kind', '')))} ({html.escape(str(e.get('group', '')))}):"
+            f' <a href="{html.escape(href, quote=True)}">{html.escape(loc)}</a>'
+            f" <code>{html.escape(str(e.get('open', '')))}</code></li>"
+        )
+    return f'<h2 id="tracking">Tracking</h2><ul>{"".join(items)}</ul>'
 
 
 def _short(value: object) -> str:

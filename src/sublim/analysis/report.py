@@ -348,7 +348,19 @@ def _html(
         f"summary.csv groups all runs by {', '.join(by) or 'nothing (one group)'}.",
         *[f"warning: {w}" for w in warnings],
     ]
-    return render_html("sublim report", parts, _versions(runs), notes)
+    return render_html("sublim report", parts, _versions(runs), notes, tracking_entries(outdir))
+
+
+def tracking_entries(outdir: str | Path) -> list[dict[str, str]]:
+    """The tracking locations recorded in <outdir>/tracking.json by `--track` (none when the
+    file is missing or unreadable: the report reads files only)."""
+    import json
+
+    try:
+        data = json.loads((Path(outdir) / "tracking.json").read_text())
+        return [t for t in data.get("targets", []) if isinstance(t, dict)]
+    except (OSError, ValueError, AttributeError):
+        return []
 
 
 def _config_split(configs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
