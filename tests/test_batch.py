@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from sublim import ExperimentConfig, run
@@ -78,6 +80,50 @@ def test_slots_share_trajectories_only_across_steps_and_epochs() -> None:
     assert slot_key(BASE) != slot_key(BASE.replace(noise_bsize=100))
 
 
-def test_cnn_students_run_alone() -> None:
+CNN_SPEC = [  # figure 3's student, narrower: padded conv + max pool, conv + max pool 4, fc
+    {"name": "conv1", "type": "conv2d", "out_channels": 4, "padding": 2, "pool": "max"},
+    {"name": "conv2", "type": "conv2d", "out_channels": 8, "pool": {"kernel_size": 4}},
+    {"name": "fc1", "type": "linear", "out_features": 16},
+]
+CNN = BASE.replace(student_type="cnn", student_arch_spec=json.dumps(CNN_SPEC), student_lr=3e-3)
+
+
+def test_cnn_stack_equals_separate_runs() -> None:
+    other = [  # no bias, another activation, an avg pool: the generic stacked forward
+        {**CNN_SPEC[0], "bias": False, "activation": "tanh"},
+        {**CNN_SPEC[1], "stride": 2, "pool": {"type": "avg", "kernel_size": 2}},
+        CNN_SPEC[2],
+    ]
+    configs = [
+        CNN.replace(m=3),
+        CNN.replace(m=7, student_init="all:A,conv1:random"),
+        CNN.replace(m=3, seed=5),
+        CNN.replace(m=3, noise_steps=2),  # a prefix of the first run's trajectory
+        CNN.replace(m=4, student_trainable="conv1:false"),
+        CNN.replace(m=4, student_arch_spec=json.dumps(other)),
+    ]
+    assert sorted(len(s) for s in plan_stacks(configs, across_seeds=True)) == [1, 5]
+    assert sorted(len(s) for s in plan_stacks(configs, across_seeds=False)) == [1, 1, 4]
+    wants = [run(config) for config in configs]
+    for grouped_convs in (True, False):  # the GPU's way and the CPU's, on any device
+        stacked = run_group(configs, across_seeds=True, grouped=grouped_convs)
+        for config, got, want in zip(configs, stacked, wants, strict=True):
+            assert got.run["config_hash"] == config.config_hash
+            for key in METRICS:  # the aux heads' cosine is nan: teacher and student widths differ
+                if key.endswith("_acc"):
+                    assert got.run[key] == pytest.approx(want.run[key], abs=ACC_ABS), key
+                else:
+                    want_v = pytest.approx(want.run[key], rel=REL, abs=1e-7, nan_ok=True)
+                    assert got.run[key] == want_v, key
+        frozen = stacked[4].layer_metrics
+        row = next(
+            r
+            for r in frozen
+            if r["comparison"] == "student_init_final" and r["layer_name"] == "conv1"
+        )
+        assert row["diff_norm"] == 0
+
+
+def test_cnn_and_mlp_students_stack_apart() -> None:
     cnn = BASE.replace(student_type="cnn")
-    assert plan_stacks([cnn, BASE]) == [[BASE], [cnn]]
+    assert plan_stacks([cnn, BASE, cnn.replace(m=5)]) == [[cnn, cnn.replace(m=5)], [BASE]]

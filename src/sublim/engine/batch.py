@@ -3,15 +3,17 @@
 Batching is invisible: `run_group(configs)` returns what `[run(c) for c in configs]` would,
 within float tolerance (bmm instead of mm changes summation order; see README). Two savings:
 
-* Stacking. MLP students with the same hidden widths, noise settings and learning rate train as
-  K models in one, whatever their teachers, init sources, m, losses or perturbations, and on a
-  GPU whatever their seeds (see `across_seeds_default`):
-  feature-layer weights are stacked [K, out, in] and run as batched matmuls (on one shared
-  noise batch when the K share a seed, else on each model's own), each model keeps its own aux
-  head and loss, and one Adam over the stacked tensors is K independent Adams (it is
-  elementwise). Frozen layers get their gradient slice zeroed, so their Adam state stays zero
-  and they never move. Each teacher's features on a noise batch are computed once for all the
-  models that distil from it.
+* Stacking. Students with the same architecture (MLP widths or CNN spec), noise settings and
+  learning rate train as K models in one, whatever their teachers, init sources, m, losses or
+  perturbations, and on a GPU whatever their seeds (see `across_seeds_default`):
+  feature-layer weights are stacked [K, out, ...]; linear layers run as batched matmuls and
+  conv layers as one convolution with K x the output channels (the first, on a shared noise
+  batch) then grouped convolutions (groups = K) on [batch, K x channels, H, W]. The first layer
+  reads one shared noise batch when the K share a seed, else each model's own; each model
+  keeps its own aux head and loss, and one Adam over the stacked tensors is K independent Adams
+  (it is elementwise). Frozen layers get their gradient slice zeroed, so their Adam state stays
+  zero and they never move. Each teacher's features on a noise batch are computed once for all
+  the models that distil from it.
 * Shared trajectories. The student stage has no schedule and its noise stream does not depend
   on steps per epoch or epochs, so runs that differ only in `noise_steps` / `student_epochs`
   are one training: a slot trains to the longest run's step count and each run is recorded when
@@ -24,6 +26,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,6 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ExperimentConfig
+from ..config.archspec import cnn_shapes
+from ..models.net import activation_sizes, apply_layer, channels_last
 from ..records import RunRecord
 from .alloc import tune_allocator
 from .losses import get_loss
@@ -56,19 +61,16 @@ def slot_key(config: ExperimentConfig) -> str:
 
 def stack_key(config: ExperimentConfig) -> tuple[Any, ...] | None:
     """Runs with equal keys can train as one stacked model (None: this run cannot stack)."""
-    if (
-        config.student_type != "mlp"
-        or config.head_layout != "split"
-        or config.noise_pool
-        or config.diagnostics
-    ):
+    if config.head_layout != "split" or config.noise_pool or config.diagnostics:
         return None  # these run one by one (still sharing their teacher)
+    arch = config.arch_spec("student")
     return (
         config.dataset,  # the noise normalisation constants and the input shape
         config.input_shape,
         config.data_mean,
         config.data_std,
-        config.student_hidden_dims,
+        config.student_type,
+        config.student_hidden_dims if arch is None else json.dumps(arch, sort_keys=True),
         config.noise_dist,
         config.perlin_res if config.noise_dist == "perlin" else None,
         config.normalize_noise,
@@ -89,12 +91,25 @@ def _teacher_view(config: ExperimentConfig) -> str:
 
 
 def _slot_bytes(config: ExperimentConfig) -> float:
-    """Rough memory of one stacked model: its input batch, activations (x3 for grads) and
-    parameters (x4 for Adam's state and the gradient)."""
-    c, h, w = config.input_shape
-    dims = [c * h * w, *config.student_hidden_dims, config.m]
-    params = sum(a * b + b for a, b in zip(dims[:-1], dims[1:], strict=True))
-    return 4.0 * (config.noise_bsize * (dims[0] + 3 * sum(dims[1:])) + 4 * params)
+    """Rough memory of one stacked model: its input batch, activations (x3 for grads and what
+    the backward keeps) and parameters (x4 for Adam's state and the gradient)."""
+    spec = config.arch_spec("student")
+    if spec is None:
+        c, h, w = config.input_shape
+        dims = [c * h * w, *config.student_hidden_dims, config.m]
+        params = sum(a * b + b for a, b in zip(dims[:-1], dims[1:], strict=True))
+        return 4.0 * (config.noise_bsize * (dims[0] + 3 * sum(dims[1:])) + 4 * params)
+    sizes = [*activation_sizes(spec, config.input_shape), config.m]
+    params, prev = 0, tuple(config.input_shape)
+    for entry, shape in zip(spec, cnn_shapes(spec, config.input_shape, "spec"), strict=True):
+        if entry["type"] == "conv2d":
+            k = entry["kernel_size"]
+            params += shape[0] * prev[0] * (k * k if isinstance(k, int) else k[0] * k[1])
+        else:
+            params += shape[0] * math.prod(prev)
+        prev = shape
+    params += math.prod(prev) * config.m  # the aux head
+    return 4.0 * (config.noise_bsize * (sizes[0] + 3 * sum(sizes[1:])) + 4 * params)
 
 
 def across_seeds_default(config: ExperimentConfig) -> bool:
@@ -151,10 +166,13 @@ def run_group(
     teachers: Mapping[str, TeacherState] | None = None,
     progress: bool = False,
     across_seeds: bool | None = None,
+    grouped: bool | None = None,
 ) -> list[RunRecord]:
     """Records for `configs` (same order), as `[run(c) for c in configs]` would give them.
 
     `teachers` (by teacher_key) are used where given; missing teachers are trained here.
+    `grouped` (default: by device, see `grouped_convs_default`): stacked CNNs as grouped
+    convolutions, else one model after the other.
     """
     if not configs:
         return []
@@ -176,7 +194,7 @@ def run_group(
                     c, progress=progress, teacher_state=states[teacher_key(c)]
                 )
             continue
-        for c, rec in zip(batch, _train_stack(batch, states, device), strict=True):
+        for c, rec in zip(batch, _train_stack(batch, states, device, grouped), strict=True):
             records[index[id(c)]] = rec
     return [records[i] for i in range(len(configs))]
 
@@ -200,10 +218,96 @@ def _stacked_features(
     return h
 
 
+def _stacked_cnn_features(
+    segments: list[tuple[torch.Tensor, int, int]],
+    spec: list[dict[str, Any]],
+    weights: list[torch.Tensor],
+    biases: list[torch.Tensor | None],
+) -> torch.Tensor:
+    """Features of K stacked CNNs (spec `spec`) -> [K, B, D].
+
+    Conv activations are [B, K x C, H, W] (model k's channels in block k): the first conv is one
+    convolution per segment (the models that share its input) with their output channels side
+    by side, the others grouped convolutions with groups = K. Pools and activations act per
+    channel, so they run on all K at once; linear layers are batched matmuls on [K, B, D].
+    """
+    k_all = weights[0].shape[0]
+    x0 = segments[0][0]
+    fast = x0.device.type == "cpu"  # channels-last, as SplitHeadNet.features
+    h: torch.Tensor | None = None
+    for i, (entry, w, b) in enumerate(zip(spec, weights, biases, strict=True)):
+        if entry["type"] == "conv2d":
+            opts = {k: entry[k] for k in ("stride", "padding", "dilation")}
+            if i == 0:
+                parts = [
+                    F.conv2d(
+                        channels_last(x) if fast else x,
+                        w[a:c].flatten(0, 1),
+                        None if b is None else b[a:c].flatten(),
+                        **opts,
+                    )
+                    for x, a, c in segments
+                ]
+                h = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+            else:
+                bias = None if b is None else b.flatten()
+                h = F.conv2d(h, w.flatten(0, 1), bias, groups=k_all, **opts)
+        else:
+            if h is None:  # a spec of linear layers only: one matmul per segment
+                parts = [torch.matmul(x.flatten(1), w[a:c].transpose(1, 2)) for x, a, c in segments]
+                h = parts[0] if len(parts) == 1 else torch.cat(parts)
+                if b is not None:
+                    h = h.add_(b[:, None, :])
+            else:
+                if h.dim() == 4:  # [B, K*C, H, W] -> [K, B, C*H*W], each model's own flatten
+                    h = h.reshape(h.shape[0], k_all, -1).transpose(0, 1)
+                wt = w.transpose(1, 2)
+                h = torch.bmm(h, wt) if b is None else torch.baddbmm(b[:, None, :], h, wt)
+        h = apply_layer(entry, h)
+    assert h is not None
+    if h.dim() == 4:
+        h = h.reshape(h.shape[0], k_all, -1).transpose(0, 1)
+    return h
+
+
+def _one_cnn_features(
+    x: torch.Tensor,
+    spec: list[dict[str, Any]],
+    weights: list[torch.Tensor],
+    biases: list[torch.Tensor | None],
+    k: int,
+) -> torch.Tensor:
+    """Features [B, D] of model k of stacked CNNs on its (channels-last on the CPU) input."""
+    h, flat = x, False
+    for entry, w, b in zip(spec, weights, biases, strict=True):
+        bias = None if b is None else b[k]
+        if entry["type"] == "conv2d":
+            h = F.conv2d(h, w[k], bias, entry["stride"], entry["padding"], entry["dilation"])
+        else:
+            if not flat:
+                h, flat = h.flatten(1), True
+            h = F.linear(h, w[k], bias)
+        h = apply_layer(entry, h)
+    return h if flat else h.flatten(1)
+
+
+def grouped_convs_default(device: torch.device) -> bool:
+    """Whether stacked CNNs run as grouped convolutions, else one model after the other.
+
+    One after the other is the CPU's way: the K models still share their noise batch, its
+    teacher outputs and one Adam step, but each runs its own convolutions and its backward
+    before the next, so a stack holds one model's activations. Per model-step on the 2-core
+    reference CPU (figure 3's CNN, K = 2, one thread, CPU time): grouped 541 ms, one after the
+    other 520 ms, separate runs 534 ms. On a GPU, grouped convolutions fill the device.
+    """
+    return device.type != "cpu"
+
+
 def _train_stack(
     batch: list[ExperimentConfig],
     teachers: Mapping[str, TeacherState],
     device: torch.device,
+    grouped: bool | None = None,
 ) -> list[RunRecord]:
     """Train the slots of one stack together, recording each run at its step count."""
     started = time.perf_counter()
@@ -214,18 +318,23 @@ def _train_stack(
             slots[key] = _Slot(prepare(c, load_data(c), device, teachers[teacher_key(c)]))
         slots[key].runs.append(c)
     order = sorted(slots.values(), key=lambda s: s.prep.config.seed)  # stable within a seed
-    names = [f"fc{i + 1}" for i in range(len(batch[0].student_hidden_dims))]
     students = [s.prep.student for s in order]
+    spec = students[0].spec
+    names = [e["name"] for e in spec]
+    cnn = students[0].kind != "mlp"  # _stacked_features: ReLU linear layers with biases
+    grouped = grouped_convs_default(device) if grouped is None else grouped
+    first_conv = spec[0]["type"] == "conv2d"
     trainable = [s.prep.config.resolved_layer_configs["student_trainable"] for s in order]
-    weights, biases, masks = [], [], []
+    weights: list[torch.Tensor] = []
+    biases: list[torch.Tensor | None] = []
+    masks: list[torch.Tensor | None] = []
     for name in names:
         flags = torch.tensor([t[name] for t in trainable], dtype=torch.float32, device=device)
-        for kind, dest in (("weight", weights), ("bias", biases)):
-            stacked = torch.stack([getattr(s.layers[name], kind).detach() for s in students])
-            dest.append(stacked.requires_grad_(bool(flags.any())))
+        weights.append(_stacked(students, name, "weight", bool(flags.any())))
+        biases.append(_stacked(students, name, "bias", bool(flags.any())))
         masks.append(None if bool(flags.all()) else flags)
     aux = [s.layers["aux_head"] for s in students]
-    params = [p for p in weights + biases if p.requires_grad]
+    params = [p for p in weights + biases if p is not None and p.requires_grad]
     params += [p for head in aux for p in head.parameters() if p.requires_grad]
     opt = Adam(params, lr=batch[0].student_lr) if params else None
     loss_fns = [get_loss(s.prep.config.distill_loss) for s in order]
@@ -263,21 +372,41 @@ def _train_stack(
                 s.prep.teacher.layers["aux_head"](feats[v])
                 for s, v in zip(order, views, strict=True)
             ]
-        # unbind, not h[k]: its backward stacks K grads once instead of K full-size zero fills
-        hs = _stacked_features(segments, weights, biases).unbind(0)
-        step_losses = torch.stack(
-            [
-                fn(head(hk), target, s.prep.config)
-                for fn, head, hk, target, s in zip(loss_fns, aux, hs, targets, order, strict=True)
-            ]
-        )
         if opt is not None:
             opt.zero_grad()
-            step_losses.sum().backward()
+        if cnn and not grouped:  # one model after the other, each with its own backward
+            per_model = []
+            for x, a, b in segments:
+                x = channels_last(x) if device.type == "cpu" and first_conv else x
+                for k in range(a, b):
+                    hk = _one_cnn_features(x, spec, weights, biases, k)
+                    lk = loss_fns[k](aux[k](hk), targets[k], order[k].prep.config)
+                    if opt is not None and lk.requires_grad:
+                        lk.backward()
+                    per_model.append(lk.detach())
+            step_losses = torch.stack(per_model)
+        else:
+            # unbind, not h[k]: its backward stacks K grads once instead of K full-size zero fills
+            if cnn:
+                hs = _stacked_cnn_features(segments, spec, weights, biases).unbind(0)
+            else:
+                hs = _stacked_features(segments, weights, biases).unbind(0)  # type: ignore[arg-type]
+            step_losses = torch.stack(
+                [
+                    fn(head(hk), target, s.prep.config)
+                    for fn, head, hk, target, s in zip(
+                        loss_fns, aux, hs, targets, order, strict=True
+                    )
+                ]
+            )
+            if opt is not None:
+                step_losses.sum().backward()
+        if opt is not None:
             for w, b, mask in zip(weights, biases, masks, strict=True):
                 if mask is not None and w.grad is not None:
-                    w.grad.mul_(mask[:, None, None])
-                    b.grad.mul_(mask[:, None])
+                    w.grad.mul_(mask.view(-1, *[1] * (w.dim() - 1)))
+                    if b is not None and b.grad is not None:
+                        b.grad.mul_(mask[:, None])
             opt.step()
         losses[step] = step_losses.detach()
         for k, c in checkpoints.get(step + 1, []):
@@ -301,17 +430,26 @@ def _train_stack(
     return [results[i] for i in range(len(batch))]
 
 
+def _stacked(students: list[Any], name: str, kind: str, requires_grad: bool) -> torch.Tensor | None:
+    """Layer `name`'s `kind` tensor of every student, stacked [K, ...] (None: no such tensor)."""
+    tensors = [getattr(s.layers[name], kind) for s in students]
+    if tensors[0] is None:
+        return None
+    return torch.stack([t.detach() for t in tensors]).requires_grad_(requires_grad)
+
+
 @torch.no_grad()
 def _unstack(
     template: torch.nn.Module,
     names: list[str],
     weights: list[torch.Tensor],
-    biases: list[torch.Tensor],
+    biases: list[torch.Tensor | None],
     k: int,
 ) -> Any:
     """A standalone copy of stacked model k (its aux and class heads copied from `template`)."""
     net = copy.deepcopy(template)
     for name, w, b in zip(names, weights, biases, strict=True):
         net.layers[name].weight.copy_(w[k])
-        net.layers[name].bias.copy_(b[k])
+        if b is not None:
+            net.layers[name].bias.copy_(b[k])
     return net

@@ -36,16 +36,32 @@ def mlp_spec(hidden_dims: Sequence[int]) -> list[dict[str, Any]]:
     ]
 
 
-def _unpooled_size(entry: dict[str, Any], prev: tuple[int, ...]) -> int:
-    """Per-sample elements of a conv layer's output before its pool."""
-    out = entry["out_channels"]
-    for i, size in enumerate(prev[1:]):
-        k, s, p, d = (
-            v if isinstance(v, int) else v[i]
-            for v in (entry["kernel_size"], entry["stride"], entry["padding"], entry["dilation"])
-        )
-        out *= (size + 2 * p - d * (k - 1) - 1) // s + 1
-    return out
+def activation_sizes(spec: list[dict[str, Any]], in_shape: tuple[int, int, int]) -> list[int]:
+    """Per-sample elements of every tensor a forward makes: the input, then each layer's output
+    before its pool and (for a pooled conv) after it."""
+    shapes = archspec.cnn_shapes(spec, tuple(in_shape), "spec")
+    sizes, prev = [math.prod(in_shape)], tuple(in_shape)
+    for entry, shape in zip(spec, shapes, strict=True):
+        if entry["type"] == "conv2d":
+            out = entry["out_channels"]
+            for i, size in enumerate(prev[1:]):
+                k, s, p, d = (
+                    v if isinstance(v, int) else v[i]
+                    for v in (
+                        entry["kernel_size"],
+                        entry["stride"],
+                        entry["padding"],
+                        entry["dilation"],
+                    )
+                )
+                out *= (size + 2 * p - d * (k - 1) - 1) // s + 1
+            sizes.append(out)
+            if entry["pool"] is not None:
+                sizes.append(math.prod(shape))
+        else:
+            sizes.append(shape[0])
+        prev = shape
+    return sizes
 
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -99,9 +115,7 @@ class SplitHeadNet(nn.Module):
         self.shapes = archspec.cnn_shapes(spec, self.in_shape, kind)
         self.layers = nn.ModuleDict()
         prev: tuple[int, ...] = self.in_shape
-        sizes = [math.prod(self.in_shape)]  # per-sample elements of each tensor a forward makes
         for entry, shape in zip(spec, self.shapes, strict=True):
-            sizes.append(_unpooled_size(entry, prev) if entry["type"] == "conv2d" else shape[0])
             if entry["type"] == "conv2d":
                 self.layers[entry["name"]] = nn.Conv2d(
                     prev[0],
@@ -119,7 +133,7 @@ class SplitHeadNet(nn.Module):
                 self.layers[entry["name"]] = nn.Linear(fan_in, entry["out_features"], entry["bias"])
             prev = shape
         self.feature_dim = archspec.feature_dim(self.shapes)
-        self.max_activation = max(sizes)  # per sample: sizes evaluation chunks
+        self.max_activation = max(activation_sizes(spec, self.in_shape))  # sizes eval chunks
         if head_layout == "split":
             self.layers["class_head"] = nn.Linear(self.feature_dim, num_classes)
             self.layers["aux_head"] = nn.Linear(self.feature_dim, m)
