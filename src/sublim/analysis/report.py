@@ -145,11 +145,11 @@ def build_report(
         _write(result, out_dir / "summary.csv", summary.to_csv(index=False).encode())
     if not kd_summary.empty:
         _write(result, out_dir / "kd_summary.csv", kd_summary.to_csv(index=False).encode())
-    if not gains.empty:
-        _write(result, out_dir / "kd_gains.csv", gains.to_csv(index=False).encode())
         pending = kd_runs[kd_runs["status"] != "completed"]
         if len(pending):
             note(f"{len(pending)} KD experiments not completed (in progress or failed); left out")
+    if not gains.empty:
+        _write(result, out_dir / "kd_gains.csv", gains.to_csv(index=False).encode())
     _write(result, out_dir / "summary.txt", (result.table_text + "\n").encode())
 
     figures: list[Drawn] = []
