@@ -16,6 +16,8 @@ warm-up, the whole run >= 3x faster than the reference runner (382 s), peak RSS 
 
     .venv/bin/python benchmarks/cnn_student.py [--steps 8] [--repeats 3] [--skip-run]
         [--skip-projection] [--skip-before] [--stack]
+
+CPU time per step is printed beside the wall time: on a shared machine it varies less.
 """
 
 from __future__ import annotations
@@ -56,18 +58,19 @@ def _faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def _now() -> tuple[float, int]:
-    return time.perf_counter(), _faults()
+def _now() -> tuple[float, int, float]:
+    return time.perf_counter(), _faults(), time.process_time()
 
 
-def _timed(fn, steps: int, repeats: int) -> tuple[list[float], float]:
-    """Seconds per step of `fn(steps)` per repeat, and minor faults per step over all repeats."""
-    times, f0 = [], _faults()
+def _timed(fn, steps: int, repeats: int) -> tuple[list[float], list[float], float]:
+    """Wall and CPU seconds per step of `fn(steps)` per repeat, and minor faults per step."""
+    times, cpu, f0 = [], [], _faults()
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, c0 = time.perf_counter(), time.process_time()
         fn(steps)
         times.append((time.perf_counter() - start) / steps)
-    return times, (_faults() - f0) / (steps * repeats)
+        cpu.append((time.process_time() - c0) / steps)
+    return times, cpu, (_faults() - f0) / (steps * repeats)
 
 
 def cnn_student(steps: int, repeats: int) -> dict[str, float]:
@@ -88,6 +91,7 @@ def cnn_student(steps: int, repeats: int) -> dict[str, float]:
     c = config.replace(noise_steps=steps, student_epochs=repeats + 1)
     train_student(c, student, teacher, device, noise_norm, on_epoch=lambda *_: marks.append(_now()))
     times = [(b[0] - a[0]) / steps for a, b in zip(marks, marks[1:], strict=False)]
+    cpu = [(b[2] - a[2]) / steps for a, b in zip(marks, marks[1:], strict=False)]
     faults = (marks[-1][1] - marks[0][1]) / (steps * repeats)
     evaluate(student, data.test_x, data.test_y, norm)
     f0, start = _faults(), time.perf_counter()
@@ -96,6 +100,7 @@ def cnn_student(steps: int, repeats: int) -> dict[str, float]:
     return {
         "ms": 1e3 * min(times),
         "ms_max": 1e3 * max(times),
+        "cpu_ms": 1e3 * min(cpu),
         "gflop": counter.get_total_flops() / 1e9,
         "faults": faults,
         "eval_ms": 1e3 * eval_s,
@@ -130,12 +135,52 @@ def kd_step(steps: int, repeats: int, batch: int = 128) -> dict[str, float]:
     counter = FlopCounterMode(display=False)
     with counter:
         train(1)
-    times, faults = _timed(train, steps, repeats)
+    times, cpu, faults = _timed(train, steps, repeats)
     return {
         "ms": 1e3 * min(times),
         "ms_max": 1e3 * max(times),
+        "cpu_ms": 1e3 * min(cpu),
         "gflop": counter.get_total_flops() / 1e9,
         "faults": faults,
+    }
+
+
+def stacking(steps: tuple[int, int] = (2, 8)) -> dict[str, float]:
+    """ms per model-step of a seed's two figure-3 CNN students (m = 10, 50): stacked with
+    grouped convolutions, stacked one model after the other, and as separate runs (wall and
+    CPU time, from two trajectory lengths so that the evaluations cancel)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from paper_projection import stand_in_teacher
+
+    from sublim.engine.batch import run_group
+    from sublim.engine.teacher import teacher_key
+
+    configs = [fig3_config(m=10), fig3_config(m=50)]
+    load_data(configs[0])
+    teachers = {teacher_key(c): stand_in_teacher(c) for c in configs}
+    modes = {
+        "grouped": lambda cs: run_group(cs, teachers, grouped=True),
+        "looped": lambda cs: run_group(cs, teachers, grouped=False),
+        "separate": lambda cs: [run(c, teacher_state=teachers[teacher_key(c)]) for c in cs],
+    }
+    best: dict[tuple[str, str, int], float] = {}
+    for _ in range(2):
+        for n in steps:
+            short = [c.replace(noise_steps=n, student_epochs=1) for c in configs]
+            for name, fn in modes.items():
+                w0, c0 = time.perf_counter(), time.process_time()
+                fn(short)
+                for clock, t in (
+                    ("ms", time.perf_counter() - w0),
+                    ("cpu_ms", time.process_time() - c0),
+                ):
+                    key = (name, clock, n)
+                    best[key] = min(best.get(key, t), t)
+    per = 1e3 / ((steps[1] - steps[0]) * len(configs))
+    return {
+        f"{name}_{clock}": per * (best[(name, clock, steps[1])] - best[(name, clock, steps[0])])
+        for name in modes
+        for clock in ("ms", "cpu_ms")
     }
 
 
@@ -170,6 +215,8 @@ def child(what: str, tuned: bool, steps: int, repeats: int) -> dict:
         out["kd"] = kd_step(steps, repeats)
     elif what == "run":
         out["run"] = whole_run()
+    elif what == "stack":
+        out["stack"] = stacking()
     else:
         out["projection"] = projection()
     return out
@@ -189,7 +236,10 @@ def main() -> None:
     parser.add_argument("--skip-before", action="store_true", help="only the tuned allocator")
     parser.add_argument("--skip-run", action="store_true", help="skip the whole figure-3 run")
     parser.add_argument("--skip-projection", action="store_true", help="skip the projection")
-    parser.add_argument("--child", choices=("steps", "run", "projection"), help=argparse.SUPPRESS)
+    parser.add_argument("--stack", action="store_true", help="also time stacked CNN students")
+    parser.add_argument(
+        "--child", choices=("steps", "run", "stack", "projection"), help=argparse.SUPPRESS
+    )
     parser.add_argument("--tuned", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--untuned", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -206,13 +256,24 @@ def main() -> None:
         ):
             m = r[name]
             line = (
-                f"{label:24s} {title}: {m['ms']:.0f} ms/step (range {m['ms']:.0f}-{m['ms_max']:.0f}), "
+                f"{label:24s} {title}: {m['ms']:.0f} ms/step (range {m['ms']:.0f}-{m['ms_max']:.0f}"
+                f", CPU {m['cpu_ms']:.0f} ms), "
                 f"{m['gflop'] / m['ms'] * 1e3:.1f} GFLOP/s ({m['gflop']:.1f} GFLOP/step), "
                 f"{m['faults']:.0f} minor faults/step"
             )
             if "eval_ms" in m:
                 line += f"; test-set evaluation {m['eval_ms']:.0f} ms, {m['eval_faults']} faults"
             print(line, flush=True)
+    if args.stack:
+        r = spawn("stack", True, args)["stack"]
+        print(
+            "a seed's two CNN students, per model-step: "
+            + ", ".join(
+                f"{n} {r[n + '_ms']:.0f} ms (CPU {r[n + '_cpu_ms']:.0f} ms)"
+                for n in ("grouped", "looped", "separate")
+            ),
+            flush=True,
+        )
     if not args.skip_run:
         r = spawn("run", True, args)["run"]
         print(
