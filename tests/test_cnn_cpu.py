@@ -67,15 +67,31 @@ def test_cnn_fast_forward_equals_the_plain_one_with_gradients() -> None:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_relu_after_max_pool_is_exact() -> None:
-    x = torch.randn(8, 4, 9, 9, generator=torch.Generator().manual_seed(1), requires_grad=True)
-    pool = {"type": "max", "kernel_size": 2, "stride": 2, "padding": 1}
-    got = apply_layer({"activation": "relu", "pool": pool}, x.clone())
-    want = F.max_pool2d(F.relu(x), 2, 2, 1)
+@pytest.mark.parametrize(
+    "kernel, stride, padding, layout",
+    [
+        (2, 2, 1, "nchw"),
+        (2, 2, 0, "cl"),
+        (3, 3, 1, "cl"),
+        (3, 2, 1, "cl"),
+        ((2, 3), (2, 3), 0, "cl"),
+    ],
+)
+def test_relu_after_a_lean_max_pool_is_exact(kernel, stride, padding, layout) -> None:
+    """ReLU after the pool, and the pool that keeps only its indices (non-overlapping windows;
+    overlapping ones use PyTorch's): values and gradients equal to pool(ReLU(x))."""
+    x = torch.randn(8, 4, 9, 10, generator=torch.Generator().manual_seed(1))
+    x = x.contiguous(memory_format=torch.channels_last) if layout == "cl" else x
+    x.requires_grad_(True)
+    pool = {"type": "max", "kernel_size": kernel, "stride": stride, "padding": padding}
+    got = apply_layer({"activation": "relu", "pool": pool}, x * 1.0)
+    want = F.max_pool2d(F.relu(x), kernel, stride, padding)
     assert torch.equal(got, want)
-    g_got = torch.autograd.grad(got.sum(), x)[0]
-    g_want = torch.autograd.grad(want.sum(), x)[0]
+    g = torch.randn(want.shape, generator=torch.Generator().manual_seed(2))
+    g_got = torch.autograd.grad(got, x, g)[0]
+    g_want = torch.autograd.grad(want, x, g)[0]
     assert torch.equal(g_got, g_want)
+    assert g_got.is_contiguous(memory_format=torch.channels_last) == (layout == "cl")
 
 
 def test_chunked_evaluation_equals_unchunked() -> None:

@@ -76,6 +76,47 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
+class _MaxPool(torch.autograd.Function):
+    """Max pool over non-overlapping windows that keeps only its indices for the backward.
+
+    PyTorch's own keeps its input too, a layer's largest activation (115 MB per step for the
+    figure-3 student's first conv), though its backward only reads the input's shape. The
+    backward here is `max_unpool2d` of the gradient: the same scatter, the same values.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, kernel: Any, stride: Any, padding: Any) -> torch.Tensor:
+        out, idx = F.max_pool2d(x, kernel, stride, padding, return_indices=True)
+        ctx.save_for_backward(idx)
+        ctx.args = (kernel, stride, padding, tuple(x.shape[-2:]))
+        ctx.channels_last = not x.is_contiguous() and x.is_contiguous(
+            memory_format=torch.channels_last
+        )
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+        (idx,) = ctx.saved_tensors
+        kernel, stride, padding, size = ctx.args
+        if ctx.channels_last:  # the gradient in the layout the conv below computes in
+            grad = grad.contiguous(memory_format=torch.channels_last)
+        return (
+            F.max_unpool2d(grad, idx, kernel, stride, padding, output_size=size),
+            None,
+            None,
+            None,
+        )
+
+
+def _max_pool(x: torch.Tensor, pool: dict[str, Any]) -> torch.Tensor:
+    k, s, p = pool["kernel_size"], pool["stride"], pool["padding"]
+    kh, kw = (k, k) if isinstance(k, int) else k
+    sh, sw = (s, s) if isinstance(s, int) else s
+    if x.requires_grad and torch.is_grad_enabled() and sh >= kh and sw >= kw:
+        return _MaxPool.apply(x, k, s, p)
+    return F.max_pool2d(x, k, s, p)
+
+
 def apply_layer(entry: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
     """A layer's activation and pool on its pre-activation output `x` (spec `entry`).
 
@@ -89,7 +130,7 @@ def apply_layer(entry: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
         x = _ACT[act](x)
     if pool is not None:
         if pool["type"] == "max":
-            x = F.max_pool2d(x, pool["kernel_size"], pool["stride"], pool["padding"])
+            x = _max_pool(x, pool)
         elif pool["type"] == "avg":
             x = F.avg_pool2d(x, pool["kernel_size"], pool["stride"], pool["padding"])
         else:
