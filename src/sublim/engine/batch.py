@@ -39,7 +39,7 @@ from ..config import ExperimentConfig
 from ..config.archspec import cnn_shapes
 from ..models.net import activation_sizes, apply_layer, channels_last
 from ..records import RunRecord
-from .alloc import tune_allocator
+from .alloc import release_free_memory, tune_allocator
 from .losses import get_loss
 from .optim import Adam
 from .run import Prepared, finish, load_data, prepare, resolve_device, run
@@ -355,6 +355,7 @@ def _train_stack(
             checkpoints.setdefault(c.noise_steps * c.student_epochs, []).append((k, c))
     total_steps = max(checkpoints)
     losses = torch.zeros(total_steps, len(order), device=device)
+    release_free_memory()  # the evaluations' buffers, before the training steps' own
     results: dict[int, RunRecord] = {}
     teacher_evals: dict[str, tuple[float, float]] = {}
     ids = {id(c): i for i, c in enumerate(batch)}

@@ -31,7 +31,7 @@ from ..data.datasets import ImageData, load_dataset, select_classes
 from ..errors import ConfigError
 from ..models import SplitHeadNet, build_model, model_seed, parameter_counts
 from ..records import RunRecord, compact_aliases
-from .alloc import tune_allocator
+from .alloc import release_free_memory, tune_allocator
 from .metrics import COMPARISONS, layer_rows, snapshot
 from .perturb import apply_perturbations
 from .teacher import TeacherState, teacher_key, train_teacher_stage
@@ -234,6 +234,7 @@ def run(
     if teacher_state is None:
         teacher_state = train_teacher_stage(config, data, device, progress)
     p = prepare(config, data, device, teacher_state)
+    release_free_memory()  # the evaluations' buffers, before the training steps' own
     recorder = None
     if config.diagnostics:
         from .diagnostics import EpochRecorder
