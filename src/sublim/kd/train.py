@@ -158,11 +158,11 @@ def build_models(
             model_shapes(teacher, config.input_shape),
             **params,
         )
-    if getattr(distiller, "uses_tail", False):  # the SimKD variant: a trainable teacher copy
+    if distiller.uses_tail:  # the SimKD variant: a trainable teacher copy
         distiller.attach_teacher(teacher, config.input_shape)
     models.distiller = distiller.to(device)
     models.student_taps = tuple(dict.fromkeys(("logits", *distiller.student_taps)))
-    if getattr(distiller, "uses_tail", False):  # its logits come from the tail, not the student
+    if distiller.uses_tail:  # its logits come from the tail, not the student
         models.student_taps = tuple(distiller.student_taps)
     # the teacher computes only what the method reads (named-tap models return logits anyway)
     models.teacher_taps = tuple(distiller.teacher_taps) or ("logits",)
@@ -176,7 +176,7 @@ def predict(models: Models, s: dict[str, torch.Tensor]) -> torch.Tensor:
     if d is not None and d.name == "simkd":
         tap = s[d.student_taps[0]]
         return d.student_logits(tap, models.teacher.classifier)  # type: ignore[operator,union-attr]
-    if getattr(d, "uses_tail", False):  # fkd's SimKD variant: the teacher's copied tail
+    if d is not None and d.uses_tail:  # fkd's SimKD variant: the teacher's copied tail
         return d.tail_logits(s)  # type: ignore[union-attr,operator]
     return s["logits"]
 
@@ -249,7 +249,7 @@ def evaluate(
     d = models.distiller
     if d is not None:
         d.eval()
-    own_head = d is None or (d.name != "simkd" and not getattr(d, "uses_tail", False))
+    own_head = d is None or (d.name != "simkd" and not d.uses_tail)
     taps_needed = ("logits",) if own_head else models.student_taps
     device = x_all.device
     loss = torch.zeros((), device=device, dtype=torch.float64)
@@ -440,7 +440,7 @@ def _epoch(
             s = None
             if not paraphrasing:
                 s = run_taps(student, x, models.student_taps, detach_after=detach_after)
-            if getattr(distiller, "uses_tail", False):  # CE and KD train the teacher's copy
+            if distiller is not None and distiller.uses_tail:  # CE and KD train the teacher's copy
                 s["logits"] = distiller.tail_logits(s)  # type: ignore[union-attr,operator]
             t = None
             if teacher is not None and distiller is not None:  # eval mode, no gradient

@@ -152,6 +152,8 @@ class Distiller(nn.Module):
     name: ClassVar[str] = ""
     default_weight: ClassVar[float] = 1.0  # the reference recipe's loss weight
     ce_weight: ClassVar[float] = 1.0  # the reference recipe's cross-entropy weight
+    # whether the student's logits come from the distiller (`tail_logits`), not its own head
+    uses_tail: bool = False
     student_taps: tuple[str, ...]
     teacher_taps: tuple[str, ...]
 
