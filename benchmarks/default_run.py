@@ -6,10 +6,14 @@ Prints, in one process:
     torch.utils.flop_counter on a separate pass) and achieved FLOP/s as a fraction of matmul,
   - the start-up of a fresh process on its own: interpreter, the imports `sublim run` makes and
     the bundled MNIST read (everything before the engine starts),
+  - the cost of the teacher-student CKA/RSA columns: the time of the stages they touch (the
+    evaluations before and after student training) with `similarity_samples` at its default
+    against 0 (off), alternated, best of 5 each, as a share of the engine time (whole runs
+    differ by more than that from one to the next on a shared machine),
   - the wall time and peak RSS of the full CLI (`sublim run --quiet`) in a fresh process.
 
 Targets on the 2-core reference CPU: start-up <= 1.5 s, CLI wall <= 8 s, >= 60 % of matmul
-FLOP/s, RSS <= 600 MB.
+FLOP/s, RSS <= 600 MB, CKA/RSA columns <= 5 % of the engine time.
 Usage: python benchmarks/default_run.py [--repeats N] [--skip-cli]
 """
 
@@ -28,6 +32,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sublim import ExperimentConfig
 from sublim.engine import load_data, run
+from sublim.engine.run import finish, prepare
+from sublim.engine.teacher import train_teacher_stage
 
 
 def matmul_flops(seconds: float = 1.0) -> float:
@@ -65,6 +71,22 @@ def cli_wall() -> tuple[float, float]:
         wall = time.perf_counter() - start
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return wall, rss
+
+
+def similarity_cost(config: ExperimentConfig, repeats: int = 5) -> tuple[float, float]:
+    """Best seconds of the student stage's evaluations (`prepare` + `finish`, which take the
+    CKA/RSA summaries) with the config's `similarity_samples` and with 0."""
+    data, device = load_data(config), torch.device("cpu")
+    teacher = train_teacher_stage(config, data, device)
+    best = {config.similarity_samples: float("inf"), 0: float("inf")}
+    for _ in range(repeats):
+        for samples in best:
+            c = config.replace(similarity_samples=samples)
+            start = time.perf_counter()
+            p = prepare(c, data, device, teacher)
+            finish(p, c, p.student, p.teacher, 0.0, start)
+            best[samples] = min(best[samples], time.perf_counter() - start)
+    return best[config.similarity_samples], best[0]
 
 
 STARTUP = """
@@ -112,6 +134,12 @@ def main() -> None:
     print(
         f"default run: engine {engine:.2f} s (runs: {', '.join(f'{t:.2f}' for t in times)}), "
         f"teacher acc {r['teacher_final_acc']:.4f}, student acc {r['student_final_acc']:.4f}"
+    )
+    with_, without = similarity_cost(config)
+    print(
+        f"CKA/RSA columns ({config.similarity_samples} test images): evaluations "
+        f"{with_:.3f} s with, {without:.3f} s without: +{with_ - without:.3f} s = "
+        f"{100 * (with_ - without) / engine:.1f} % of the engine time"
     )
     print(f"flops: {flops / 1e12:.3f} TFLOP counted")
     print(f"achieved: {achieved / 1e9:.1f} GFLOP/s = {100 * achieved / peak:.0f} % of matmul")

@@ -63,6 +63,9 @@ def test_mixed_batch_equals_separate_runs() -> None:
             else:
                 assert got.run[key] == pytest.approx(want.run[key], rel=REL, abs=1e-7), key
         assert len(got.layer_metrics) == len(want.layer_metrics)
+        for g_row, w_row in zip(got.layer_metrics, want.layer_metrics, strict=True):
+            for col in ("linear_cka", "rsa"):  # taken in the stack's own evaluations
+                assert g_row[col] == pytest.approx(w_row[col], rel=REL, abs=1e-6, nan_ok=True)
         assert [r["layer_name"] for r in got.perturbations] == [
             r["layer_name"] for r in want.perturbations
         ]

@@ -191,6 +191,7 @@ BAD_CASES = [
     bad("trainable-bad-bool", ["--student-trainable", "all:maybe"], "--student-trainable"),
     bad("init-bad-source", ["--teacher-init", "all:C"], "--teacher-init"),
     bad("student-type", ["--student-type", "rnn"], "--student-type"),
+    bad("similarity-samples", ["--similarity-samples", "2"], "--similarity-samples", "0 (off)"),
     bad("hidden-dims", ["--student-hidden-dims", "256,abc"], "--student-hidden-dims"),
     bad("arch-bad-json", cnn_spec('[{"type": "conv2d",'), "--student-arch-spec", "JSON"),
     bad("arch-unknown-key", cnn_spec([{**CONV, "colour": 1}]), "--student-arch-spec", "colour"),

@@ -65,6 +65,10 @@ def test_report_after_a_real_sweep(tmp_path: Path) -> None:
     for name in ("summary.csv", "summary.txt", "figure2.png", "figure2.svg", "report.html"):
         assert (report / name).stat().st_size > 0
     assert (report / "fig2_tiny_layers.png").exists()
+    html = (report / "report.html").read_text()
+    for metric, what in (("cka", "linear CKA"), ("rsa", "RSA")):  # from layer_metrics.csv
+        assert (report / f"fig2_tiny_layers_{metric}.png").stat().st_size > 10_000
+        assert f"teacher-student {what} of representations per layer" in html
     summary = (report / "summary.csv").read_text().splitlines()
     assert summary[0].startswith("condition,m,metric,n,")
     assert all(",3," in line for line in summary[1:])  # three seeds per group

@@ -114,6 +114,8 @@ def test_layer_metrics_and_perturbation_columns() -> None:
         "other_norm",
         "relative_diff_reference",
         "relative_diff_symmetric",
+        "linear_cka",  # sublim's own: teacher-student representations, after the reference's
+        "rsa",
     ]
     assert PERTURBATION_COLUMNS[:13] == [
         "schema_version",

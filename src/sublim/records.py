@@ -36,6 +36,10 @@ LAYER_METRIC_VALUES: tuple[str, ...] = (
     "relative_diff_symmetric",
 )
 
+# Representation columns of a layer_metrics.csv row (engine.similarity): teacher-student linear
+# CKA and RSA of the layer's outputs on a fixed test subset, on teacher_student_* rows.
+LAYER_REPRESENTATION_VALUES: tuple[str, ...] = ("linear_cka", "rsa")
+
 # Compact aliases: alias comparison name -> `comparison` value in layer_metrics.csv.
 ALIAS_COMPARISONS: dict[str, str] = {
     "init_teacher_student": "teacher_student_init",

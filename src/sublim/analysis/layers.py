@@ -1,9 +1,9 @@
-"""Layer-similarity figure from layer_metrics.csv: teacher-student cosine per layer, init vs final.
+"""Layer-similarity figures from layer_metrics.csv: teacher-student similarity per layer, init vs
+final: the cosine of their weights, and the linear CKA and RSA of their representations.
 
-One panel per condition (or per value of the sweep's categorical axis); in each, the cosine
-between teacher and student weights of every layer at initialisation (grey) and after student
-training (coloured, one line per value of a small numeric axis such as m, else pooled), with
-bootstrap CIs over runs.
+One panel per condition (or per value of the sweep's categorical axis); in each, the similarity
+of every layer at initialisation (grey) and after student training (coloured, one line per value
+of a small numeric axis such as m, else pooled), with bootstrap CIs over runs.
 """
 
 from __future__ import annotations
@@ -21,6 +21,18 @@ from .style import PAGE_WIDTH, new_figure, styled
 from .summary import detect_axes, natural_key
 
 COMPARISONS = {"teacher_student_init": "initial", "teacher_student_final": "final"}
+# metric column -> (y-axis label, default title)
+METRICS = {
+    "cosine": (
+        "cosine(teacher, student) of weights",
+        "Teacher-student weight similarity per layer",
+    ),
+    "linear_cka": (
+        "linear CKA(teacher, student)",
+        "Teacher-student representational similarity per layer (linear CKA)",
+    ),
+    "rsa": ("RSA(teacher, student)", "Teacher-student representational similarity per layer (RSA)"),
+}
 MAX_PANELS = 9
 MAX_HUES = 6
 
@@ -36,21 +48,32 @@ def _layer_order(runs: pd.DataFrame, names: list[str]) -> list[str]:
     return [n for n in order if n in names] + sorted(n for n in names if n not in order)
 
 
-def similarity_frame(layer_metrics: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
-    """Comparable teacher-student weight rows of these runs, with the runs' axis columns."""
+def similarity_frame(
+    layer_metrics: pd.DataFrame, runs: pd.DataFrame, metric: str = "cosine"
+) -> pd.DataFrame:
+    """Teacher-student rows of these runs that carry `metric`, with the runs' axis columns.
+
+    Weight cosines need comparable shapes; CKA and RSA compare representations of any width,
+    and a layer's value is the same on its weight and bias rows (the weight row is taken).
+    """
     lm = layer_metrics
+    if metric not in lm:
+        return pd.DataFrame()
     keep = (
         lm["comparison"].isin(list(COMPARISONS))
         & (lm["tensor_kind"] == "weight")
-        & (lm["status"] == "comparable")
         & lm["run_id"].isin(runs["run_id"])
     )
+    if metric == "cosine":
+        keep &= lm["status"] == "comparable"
+    else:
+        keep &= pd.to_numeric(lm[metric], errors="coerce").notna()
     axes = [a for a in detect_axes(runs) if a in runs]
     cols = ["run_id", *[a for a in axes if a not in ("seed",)], "student_layer_names"]
-    merged = lm.loc[keep, ["run_id", "comparison", "layer_name", "cosine"]].merge(
+    merged = lm.loc[keep, ["run_id", "comparison", "layer_name", metric]].merge(
         runs[list(dict.fromkeys(cols))], on="run_id", how="inner"
     )
-    return merged
+    return merged.rename(columns={metric: "value"})
 
 
 def _choose(runs: pd.DataFrame) -> tuple[str | None, str | None]:
@@ -76,10 +99,14 @@ def _choose(runs: pd.DataFrame) -> tuple[str | None, str | None]:
 
 @styled
 def layer_similarity_figure(
-    layer_metrics: pd.DataFrame, runs: pd.DataFrame, opts: PlotOptions, title: str = ""
+    layer_metrics: pd.DataFrame,
+    runs: pd.DataFrame,
+    opts: PlotOptions,
+    title: str = "",
+    metric: str = "cosine",
 ) -> Figure | None:
-    """The figure, or None when these runs have no comparable teacher-student weight rows."""
-    frame = similarity_frame(layer_metrics, runs)
+    """The figure of `metric` (a key of METRICS), or None when these runs have no such rows."""
+    frame = similarity_frame(layer_metrics, runs, metric)
     if frame.empty:
         return None
     panel, hue = _choose(runs)
@@ -111,9 +138,9 @@ def layer_similarity_figure(
     for ax in flat[len(panels) :]:
         ax.set_visible(False)
     for row in axes:
-        row[0].set_ylabel("cosine(teacher, student) of weights")
+        row[0].set_ylabel(METRICS[metric][0])
     shared_legend(fig, flat[: len(panels)])
-    fig.suptitle(title or "Teacher-student weight similarity per layer", fontsize=9)
+    fig.suptitle(title or METRICS[metric][1], fontsize=9)
     return fig
 
 
@@ -131,7 +158,7 @@ def _draw(
     rows = part[part["comparison"] == comparison]
     if rows.empty:
         return
-    table = opts.summarize(rows, ["layer_name"], "cosine").set_index("layer_name")
+    table = opts.summarize(rows, ["layer_name"], "value").set_index("layer_name")
     table = table.reindex(layers)
     mean = table["mean"].to_numpy(dtype=float)
     low = mean - table["ci_low"].to_numpy(dtype=float)

@@ -303,11 +303,17 @@ def _layer_figures(
     drawn: list[Drawn] = []
     for sweep in sorted(runs["sweep_name"].astype(str).unique()):
         part = runs[runs["sweep_name"].astype(str) == sweep]
-        fig = layer_similarity_figure(layer_metrics, part, options.plot(), title=sweep)
-        if fig is not None:
-            section = sections[sweep]
-            caption = f"{sweep}: teacher-student weight cosine per layer"
-            drawn.append((section, f"{_slug(sweep)}_layers", caption, fig))
+        for metric, suffix, what in (
+            ("cosine", "", "weight cosine"),
+            ("linear_cka", "_cka", "linear CKA of representations"),
+            ("rsa", "_rsa", "RSA of representations"),
+        ):
+            fig = layer_similarity_figure(
+                layer_metrics, part, options.plot(), title=f"{sweep}: {what}", metric=metric
+            )
+            if fig is not None:
+                caption = f"{sweep}: teacher-student {what} per layer"
+                drawn.append((sections[sweep], f"{_slug(sweep)}_layers{suffix}", caption, fig))
     return drawn
 
 

@@ -60,6 +60,7 @@ AXIS_CANDIDATES: tuple[str, ...] = (
     "teacher_checkpoint",
     "eval_noise_batches",
     "eval_noise_bsize",
+    "similarity_samples",
     "class_selection",
     "classes",
     "student_init_config",

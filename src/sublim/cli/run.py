@@ -274,6 +274,12 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--eval-noise-bsize", default=str(d.eval_noise_bsize), help="(default: %(default)s)"
     )
+    g.add_argument(
+        "--similarity-samples",
+        default=str(d.similarity_samples),
+        help="test images (a fixed subset drawn from the seed) for the teacher-student linear "
+        "CKA and RSA of every hidden layer in layer_metrics.csv; 0: off (default: %(default)s)",
+    )
 
     g = p.add_argument_group(
         "perturbations",
@@ -354,6 +360,7 @@ def config_from_args(ns: argparse.Namespace) -> ExperimentConfig:
         "noise_steps",
         "eval_noise_batches",
         "eval_noise_bsize",
+        "similarity_samples",
     ):
         kw[name] = parse_int("--" + name.replace("_", "-"), getattr(ns, name))
     if getattr(ns, "preset", None):

@@ -68,6 +68,7 @@ NEW_FIELD_DEFAULTS: dict[str, Any] = {
     "data_std": None,
     "teacher_checkpoint": None,
     "augment": "",
+    "similarity_samples": 1000,
 }
 
 
@@ -137,6 +138,9 @@ class ExperimentConfig:
     normalize_noise: bool = False
     eval_noise_batches: int = 10
     eval_noise_bsize: int = 1000
+    # teacher-student linear CKA and RSA of every hidden layer on this many test images, a fixed
+    # subset drawn from the seed (layer_metrics.csv columns linear_cka, rsa); 0: off
+    similarity_samples: int = 1000
     # 0: fresh noise every step; N: a fixed pool of N noise images, reshuffled every student
     # epoch (one epoch = one pass over the pool in batches of noise_bsize)
     noise_pool: int = 0
@@ -191,6 +195,11 @@ class ExperimentConfig:
         _choice("head_layout", self.head_layout, HEAD_LAYOUTS)
         _choice("init_scheme", self.init_scheme, INIT_SCHEMES)
         _int("noise_pool", self.noise_pool, minimum=0)
+        _int("similarity_samples", self.similarity_samples, minimum=0)
+        if 0 < self.similarity_samples < 3:
+            raise ConfigError(
+                "--similarity-samples", self.similarity_samples, "expected 0 (off) or >= 3"
+            )
         self._validate_norm()
         parse_augment(self.augment)
         if self.teacher_checkpoint is not None:

@@ -44,7 +44,7 @@ from .losses import get_loss
 from .optim import Adam
 from .run import Prepared, finish, load_data, prepare, resolve_device, run
 from .teacher import TeacherState, teacher_key, train_teacher_stage
-from .train import evaluate, student_noise
+from .train import Evaluation, evaluate_keeping, student_noise
 
 MEMORY_BUDGET = 1.5 * 2**30  # bytes of activations + optimizer state per stack
 MAX_STACK = 64
@@ -357,7 +357,7 @@ def _train_stack(
     losses = torch.zeros(total_steps, len(order), device=device)
     release_free_memory()  # the evaluations' buffers, before the training steps' own
     results: dict[int, RunRecord] = {}
-    teacher_evals: dict[str, tuple[float, float]] = {}
+    teacher_evals: dict[tuple[str, int], Evaluation] = {}  # by (view, seed): seeds keep own rows
     ids = {id(c): i for i, c in enumerate(batch)}
     bounds = [k for k in range(1, len(seeds)) if seeds[k] != seeds[k - 1]]
     spans = list(zip([0, *bounds], [*bounds, len(seeds)], strict=True))  # slots are seed-sorted
@@ -420,10 +420,12 @@ def _train_stack(
             )
             if late:
                 teacher = copy.deepcopy(teacher)  # finish() perturbs it; the trajectory goes on
-            elif views[k] not in teacher_evals:  # the same unperturbed teacher: evaluate once
+            elif (views[k], seeds[k]) not in teacher_evals:  # an unperturbed teacher: once
                 test_x, test_y = prep.data.test_x.to(device), prep.data.test_y.to(device)
-                teacher_evals[views[k]] = evaluate(teacher, test_x, test_y, prep.norm)
-            known = None if late else teacher_evals[views[k]]
+                teacher_evals[views[k], seeds[k]] = evaluate_keeping(
+                    teacher, test_x, test_y, prep.norm, prep.keep
+                )
+            known = None if late else teacher_evals[views[k], seeds[k]]
             results[ids[id(c)]] = finish(prep, c, student, teacher, last, started, known)
     share = (time.perf_counter() - started) / len(batch)
     for rec in results.values():

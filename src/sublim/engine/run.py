@@ -34,8 +34,19 @@ from ..records import RunRecord, compact_aliases
 from .alloc import release_free_memory, tune_allocator
 from .metrics import COMPARISONS, layer_rows, snapshot
 from .perturb import apply_perturbations
+from .similarity import LayerValues, attach, layer_values, similarity_subset
 from .teacher import TeacherState, teacher_key, train_teacher_stage
-from .train import NoiseNorm, Normalizer, aux_mse, evaluate, norm_constants, train_student
+from .train import (
+    Evaluation,
+    NoiseNorm,
+    Normalizer,
+    aux_mse,
+    eval_chunk,
+    evaluate_keeping,
+    kept_forward,
+    norm_constants,
+    train_student,
+)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -110,6 +121,8 @@ class Prepared:
     snaps: dict[str, Any]
     perturb_rows: list[dict[str, Any]]
     diag: dict[str, Any] = field(default_factory=dict)  # with --diagnostics
+    keep: torch.Tensor | None = None  # test rows of the representation similarity (or None)
+    similarity: dict[str, LayerValues] = field(default_factory=dict)  # by comparison
     saved: dict[str, Any] = field(default_factory=dict)  # teacher states for --save-models
 
 
@@ -147,10 +160,15 @@ def prepare(
     prows += apply_perturbations(config, student, "student", "before_student_training")
     snaps["student_init"] = snapshot(student)
     test_x, test_y = data.test_x.to(device), data.test_y.to(device)
-    r["student_init_acc"], r["student_init_class_loss"] = evaluate(student, test_x, test_y, norm)
+    keep = similarity_subset(config, test_x.shape[0], device)
+    ev = evaluate_keeping(student, test_x, test_y, norm, keep)
+    r["student_init_acc"], r["student_init_class_loss"] = ev.acc, ev.loss
     r["student_init_aux_loss"] = aux_mse(config, student, teacher, device, "initial", noise_norm)
     p = Prepared(config, data, device, teacher, student, norm, noise_norm, r, snaps, prows)
-    p.saved = saved
+    p.saved, p.keep = saved, keep
+    if keep is not None:  # the teacher as the student starts to learn from it: kept rows only
+        _, t_reps = kept_forward(teacher, test_x, keep, norm, eval_chunk(teacher))
+        p.similarity["teacher_student_init"] = layer_values(t_reps, ev.reps)
     if config.diagnostics:
         from .diagnostics import aux_outputs, eval_noise
 
@@ -170,13 +188,13 @@ def finish(
     teacher: SplitHeadNet,
     train_loss_last: float,
     started: float,
-    teacher_eval: tuple[float, float] | None = None,
+    teacher_eval: Evaluation | None = None,
     student_history: list | None = None,
 ) -> RunRecord:
     """Timeline step 6 on trained models (changed in place by late perturbations) -> record.
 
-    `teacher_eval`: the teacher's (accuracy, loss) when the caller already has it (runs that
-    share an unperturbed teacher), so it is not computed again.
+    `teacher_eval`: the teacher's evaluation on `p.keep` when the caller already has it (runs
+    that share an unperturbed teacher), so it is not computed again.
     """
     device, data, norm = p.device, p.data, p.norm
     r = {**p.results, "student_train_aux_loss_last": train_loss_last}
@@ -188,9 +206,13 @@ def finish(
     if teacher_eval is None or any(
         q.target == "teacher" and q.timing == "after_student_training" for q in config.perturb
     ):
-        teacher_eval = evaluate(teacher, test_x, test_y, norm)
-    r["teacher_final_acc"], r["teacher_final_class_loss"] = teacher_eval
-    r["student_final_acc"], r["student_final_class_loss"] = evaluate(student, test_x, test_y, norm)
+        teacher_eval = evaluate_keeping(teacher, test_x, test_y, norm, p.keep)
+    r["teacher_final_acc"], r["teacher_final_class_loss"] = teacher_eval.acc, teacher_eval.loss
+    ev = evaluate_keeping(student, test_x, test_y, norm, p.keep)
+    r["student_final_acc"], r["student_final_class_loss"] = ev.acc, ev.loss
+    similarity = dict(p.similarity)
+    if p.keep is not None:
+        similarity["teacher_student_final"] = layer_values(teacher_eval.reps, ev.reps)
     r["student_final_aux_loss"] = aux_mse(config, student, teacher, device, "final", p.noise_norm)
     order = {t: i for i, t in enumerate(TIMINGS)}
     prows.sort(key=lambda row: order[row["timing"]])  # stable: spec order within a timing
@@ -211,7 +233,18 @@ def finish(
             student_history or [],
         )
     return _record(
-        config, data, device, r, snaps, prows, teacher, student, started, diagnostics, p.saved
+        config,
+        data,
+        device,
+        r,
+        snaps,
+        prows,
+        teacher,
+        student,
+        started,
+        diagnostics,
+        p.saved,
+        similarity,
     )
 
 
@@ -257,12 +290,14 @@ def _record(
     started: float,
     diagnostics: dict[str, Any] | None = None,
     saved: dict[str, Any] | None = None,
+    similarity: dict[str, LayerValues] | None = None,
 ) -> RunRecord:
     timestamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     run_id = f"{timestamp[:19].replace(':', '').replace('-', '')}-{uuid.uuid4().hex[:10]}"
     layer: list[dict[str, Any]] = []
     for comparison, (rm, rs, om, os_) in COMPARISONS.items():
         layer += layer_rows(comparison, snaps[f"{rm}_{rs}"], snaps[f"{om}_{os_}"])
+    attach(layer, similarity or {})
     common = {
         "run_id": run_id,
         "seed": config.seed,
@@ -375,6 +410,7 @@ def _run_row(
         data_std=list(c.data_std) if c.data_std is not None else None,
         augment=canonical_augment(c.augment),
         teacher_checkpoint=c.teacher_checkpoint,
+        similarity_samples=c.similarity_samples,
         image_size=c.image_size if c.dataset == "image-folder" else None,
         test_fraction=c.test_fraction if c.dataset == "image-folder" else None,
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,7 @@ from .. import seeds
 from ..config import ExperimentConfig
 from ..data.datasets import ImageData
 from ..data.noise import noise_batch
+from ..geometry.similarity import RepSummary, summarize
 from ..models import SplitHeadNet
 from .augment import Augmenter
 from .losses import get_loss
@@ -254,6 +256,14 @@ def chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, rows: i
     return torch.cat([fn(x[i : i + rows]) for i in range(0, x.shape[0], rows)])
 
 
+class Evaluation(NamedTuple):
+    """Accuracy and mean cross-entropy on a labelled set, and the kept rows' layer summaries."""
+
+    acc: float
+    loss: float
+    reps: dict[str, RepSummary]  # hidden layer -> CKA/RSA summary on the kept rows ({}: none)
+
+
 @torch.no_grad()
 def evaluate(
     net: SplitHeadNet,
@@ -267,12 +277,68 @@ def evaluate(
     The network runs `chunk` rows at a time (default `eval_chunk(net)`); the metrics are then
     computed on all logits at once, so they do not depend on the chunk size.
     """
+    acc, loss, _ = evaluate_keeping(net, x, y, norm, None, chunk)
+    return acc, loss
+
+
+@torch.no_grad()
+def evaluate_keeping(
+    net: SplitHeadNet,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    norm: Normalizer,
+    keep: torch.Tensor | None,
+    chunk: int | None = None,
+) -> Evaluation:
+    """`evaluate`, plus every hidden layer's CKA/RSA summary on rows `keep`, in the same pass.
+
+    The kept rows run first (in chunks), with their layer outputs tapped; the other rows
+    follow. Logits go back to their rows before the metrics, so accuracy and loss are
+    `evaluate`'s whatever `keep` is.
+    """
     net.eval()
-    logits = chunked(lambda xb: net.class_logits(norm(xb)), x, chunk or eval_chunk(net))
+    rows = chunk or eval_chunk(net)
+    if keep is None:
+        logits = chunked(lambda xb: net.class_logits(norm(xb)), x, rows)
+        reps: dict[str, RepSummary] = {}
+    else:
+        first, reps = kept_forward(net, x, keep, norm, rows)
+        rest = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        rest[keep] = False
+        rest = rest.nonzero().squeeze(1)
+        logits = first.new_empty(x.shape[0], first.shape[1])
+        logits[keep] = first
+        for i in range(0, rest.numel(), rows):
+            idx = rest[i : i + rows]
+            logits[idx] = net.class_logits(norm.take(x, idx))
     correct = (logits.argmax(dim=1) == y).sum()
     loss = F.cross_entropy(logits, y, reduction="sum").double()
     n = x.shape[0]
-    return correct.item() / n, loss.item() / n
+    return Evaluation(correct.item() / n, loss.item() / n, reps)
+
+
+@torch.no_grad()
+def kept_forward(
+    net: SplitHeadNet, x: torch.Tensor, keep: torch.Tensor, norm: Normalizer, rows: int
+) -> tuple[torch.Tensor, dict[str, RepSummary]]:
+    """(class logits, hidden-layer summaries) of rows `keep` of x, `rows` at a time.
+
+    Each layer's outputs of the kept rows are held until the last chunk (the sum of the layer
+    outputs, N x 4 bytes each, e.g. 34 MB for figure 3's CNN at N = 1000), then reduced to an
+    N x N summary.
+    """
+    net.eval()
+    parts: dict[str, list[torch.Tensor]] = {}
+
+    def tap(name: str, h: torch.Tensor) -> None:
+        parts.setdefault(name, []).append(h.flatten(1))  # no layer writes a later one in place
+
+    logits = []
+    for i in range(0, keep.numel(), rows):
+        h = net.features(norm.take(x, keep[i : i + rows]), tap)
+        logits.append(net.head_logits("class_head", h))
+    reps = {name: summarize(torch.cat(p) if len(p) > 1 else p[0]) for name, p in parts.items()}
+    return torch.cat(logits), reps
 
 
 @torch.no_grad()

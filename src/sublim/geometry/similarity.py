@@ -6,6 +6,8 @@ so one teacher [N, D] against K students [K, N, D] gives K values.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
@@ -62,3 +64,40 @@ def rsa(x: Tensor, y: Tensor) -> Tensor:
     u = u - u.mean(-1, keepdim=True)
     v = v - v.mean(-1, keepdim=True)
     return (u * v).sum(-1) / (u.norm(dim=-1) * v.norm(dim=-1))
+
+
+class RepSummary(NamedTuple):
+    """What linear CKA and RSA need of one representation on N samples, O(N^2) in memory.
+
+    `gram`: the sample-centered Gram matrix [N, N]; `rdm`: the upper triangle (i < j) of the
+    RDM, centered and scaled to unit norm, so RSA of two summaries is a dot product.
+    """
+
+    gram: Tensor
+    rdm: Tensor
+
+
+def summarize(x: Tensor) -> RepSummary:
+    """The CKA/RSA summary of features [N, ...] (flattened per sample), from one Gram matrix.
+
+    One N x N x D matmul whatever D, so a 25,000-value conv map costs no more memory than a
+    256-wide layer; the features can be dropped as soon as this returns.
+    """
+    f = x.reshape(x.shape[0], -1)
+    f = f if f.dtype in (torch.float32, torch.float64) else f.float()
+    n, d = f.shape
+    g = f @ f.T
+    s = f.sum(dim=1)
+    # the samples' Pearson correlations from the uncentered Gram: center each row over features
+    rc = g - torch.outer(s, s) / d
+    scale = rc.diagonal().clamp_min(torch.finfo(rc.dtype).tiny).rsqrt()
+    iu = torch.triu_indices(n, n, offset=1, device=f.device)
+    u = 1 - (rc * scale[:, None] * scale[None, :])[iu[0], iu[1]]
+    u = u - u.mean()
+    return RepSummary(center_gram(g), u / u.norm())
+
+
+def compare_summaries(a: RepSummary, b: RepSummary) -> tuple[float, float]:
+    """(linear CKA, RSA) of two representations of the same N samples; NaN when undefined."""
+    cka = linear_cka_gram(a.gram.double(), b.gram.double(), centered=True)
+    return float(cka), float((a.rdm.double() * b.rdm.double()).sum())

@@ -10,7 +10,7 @@ function, stored and configured as one layer, as in the original subliminal-lear
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -183,12 +183,15 @@ class SplitHeadNet(nn.Module):
         self._steps = [(e, self.layers[e["name"]]) for e in spec]
         self._conv_first = spec[0]["type"] == "conv2d"
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def features(
+        self, x: torch.Tensor, tap: Callable[[str, torch.Tensor], None] | None = None
+    ) -> torch.Tensor:
         """Run the feature layers; returns [batch, feature_dim].
 
         On the CPU a CNN runs channels-last (oneDNN's fast layout; max pooling is ~8x faster
         in it) and a ReLU after a max pool's conv runs after the pool (they commute exactly,
-        values and gradients, on a quarter of the elements or fewer)."""
+        values and gradients, on a quarter of the elements or fewer). `tap(name, output)` sees
+        every feature layer's output (after its activation and pool); it must not change it."""
         flat = False
         if self._conv_first and x.device.type == "cpu":
             x = channels_last(x)
@@ -196,6 +199,8 @@ class SplitHeadNet(nn.Module):
             if entry["type"] == "linear" and not flat:
                 x, flat = x.flatten(1), True
             x = apply_layer(entry, layer(x))
+            if tap is not None:
+                tap(entry["name"], x)
         return x if flat else x.flatten(1)
 
     def head_tensors(self, which: str) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -15,6 +15,7 @@ from ..records import (
     ALIAS_METRICS,
     ALIAS_TENSORS,
     LAYER_METRIC_VALUES,
+    LAYER_REPRESENTATION_VALUES,
     alias_column,
     compact_aliases,
 )
@@ -131,6 +132,7 @@ LAYER_METRICS_COLUMNS: list[str] = [
     "other_shape",
     "status",
     *LAYER_METRIC_VALUES,
+    *LAYER_REPRESENTATION_VALUES,
 ]
 
 PERTURBATION_STAT_FIELDS: tuple[str, ...] = (
