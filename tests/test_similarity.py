@@ -77,6 +77,8 @@ def test_keeping_evaluation_equals_evaluate_and_plain_summaries(kind: str) -> No
         got = evaluate_keeping(net, x, y, norm, keep, chunk)
         assert got.acc == want[0] and got.loss == pytest.approx(want[1], rel=1e-6)
         assert set(got.reps) == {e["name"] for e in net.spec}
+        # nothing chunk-sized stays behind in the normalizer (each run of a stack has its own)
+        assert norm._u8 is None and norm._f32 is None
         for name, rep in got.reps.items():
             plain = summarize(outputs[name])
             assert torch.allclose(rep.gram, plain.gram, rtol=1e-4, atol=1e-3), name

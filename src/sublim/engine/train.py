@@ -293,7 +293,8 @@ def evaluate_keeping(
     """`evaluate`, plus every hidden layer's CKA/RSA summary on rows `keep`, in the same pass.
 
     The kept rows run first (in chunks), with their layer outputs tapped; the other rows
-    follow. Logits go back to their rows before the metrics, so accuracy and loss are
+    follow (gathered per chunk, not into `norm.take`'s buffers, which would stay as large as an
+    evaluation chunk in every prepared run of a stack). Logits go back to their rows before the metrics, so accuracy and loss are
     `evaluate`'s whatever `keep` is.
     """
     net.eval()
@@ -310,7 +311,7 @@ def evaluate_keeping(
         logits[keep] = first
         for i in range(0, rest.numel(), rows):
             idx = rest[i : i + rows]
-            logits[idx] = net.class_logits(norm.take(x, idx))
+            logits[idx] = net.class_logits(norm(x.index_select(0, idx)))
     correct = (logits.argmax(dim=1) == y).sum()
     loss = F.cross_entropy(logits, y, reduction="sum").double()
     n = x.shape[0]
@@ -335,7 +336,7 @@ def kept_forward(
 
     logits = []
     for i in range(0, keep.numel(), rows):
-        h = net.features(norm.take(x, keep[i : i + rows]), tap)
+        h = net.features(norm(x.index_select(0, keep[i : i + rows])), tap)
         logits.append(net.head_logits("class_head", h))
     reps = {name: summarize(torch.cat(p) if len(p) > 1 else p[0]) for name, p in parts.items()}
     return torch.cat(logits), reps
