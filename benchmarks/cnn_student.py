@@ -3,8 +3,9 @@
 For the figure-3 CNN student (MLP 3x256 teacher -> CNN student of
 figures/fig3_mlp_teacher_cnn_student.toml, m = 10, Perlin noise, batch 1000) and for a resnet20
 KD step (resnet110 teacher, logit KD, batch 128, SGD), each in a fresh process with glibc's
-default thresholds ("before", `engine.alloc.disable_tuning`) and with `engine.alloc.tune_allocator`
-("after"), prints: ms per step (best of the repeats, and their range), GFLOP/s (FLOPs counted by
+default thresholds ("before", `engine.alloc.disable_tuning`; the KD step in NCHW) and with
+`engine.alloc.tune_allocator` ("after"; the KD step channels-last as `sublim kd` runs on the CPU,
+and in NCHW to show the allocator's share alone), prints: ms per step (best of the repeats, and their range), GFLOP/s (FLOPs counted by
 torch.utils.flop_counter, forward and backward as executed), minor page faults per step
 (getrusage ru_minflt) and the time of one full test-set evaluation. Then, with the tuning: the
 whole figure-3 run (`engine.run`, 5 x 60 steps) in a fresh process with its peak RSS, and the
@@ -108,15 +109,19 @@ def cnn_student(steps: int, repeats: int) -> dict[str, float]:
     }
 
 
-def kd_step(steps: int, repeats: int, batch: int = 128) -> dict[str, float]:
-    """A resnet110 -> resnet20 logit-KD training step (SGD) on CIFAR-shaped batches."""
+def kd_step(steps: int, repeats: int, batch: int = 128, last: bool = True) -> dict[str, float]:
+    """A resnet110 -> resnet20 logit-KD training step (SGD) on CIFAR-shaped batches; `last`:
+    models and batch channels-last, as `sublim kd` runs them on the CPU."""
     from sublim.kd.models import create_model
 
     gen = torch.Generator().manual_seed(0)
     student = create_model("resnet20", 100, generator=gen)
     teacher = create_model("resnet110", 100, generator=gen).eval().requires_grad_(False)
-    opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     x = torch.randn(batch, 3, 32, 32, generator=gen)
+    if last:
+        student, teacher = (m.to(memory_format=torch.channels_last) for m in (student, teacher))
+        x = x.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     y = torch.randint(0, 100, (batch,), generator=gen)
 
     def train(n: int) -> None:
@@ -214,7 +219,9 @@ def child(what: str, tuned: bool, steps: int, repeats: int) -> dict:
     out: dict = {"tuned": alloc.tuning_applied()}
     if what == "steps":
         out["cnn"] = cnn_student(steps, repeats)
-        out["kd"] = kd_step(steps, repeats)
+        out["kd"] = kd_step(steps, repeats, last=tuned)  # before: NCHW, as sublim kd ran
+        if tuned:
+            out["kd_nchw"] = kd_step(steps, repeats, last=False)  # the allocator's share alone
     elif what == "run":
         out["run"] = whole_run()
     elif what == "stack":
@@ -254,8 +261,11 @@ def main() -> None:
         label = "after (allocator tuned)" if r["tuned"] else "before (glibc defaults)"
         for name, title in (
             ("cnn", "fig-3 CNN student step, batch 1000"),
-            ("kd", "resnet20 KD step, batch 128"),
+            ("kd", "resnet20 KD step, batch 128" + (", channels-last" if r["tuned"] else "")),
+            ("kd_nchw", "resnet20 KD step, batch 128, NCHW"),
         ):
+            if name not in r:
+                continue
             m = r[name]
             line = (
                 f"{label:24s} {title}: {m['ms']:.0f} ms/step (range {m['ms']:.0f}-{m['ms_max']:.0f}"

@@ -194,7 +194,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     r.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
     r.add_argument("--amp", action="store_true", help="float16 mixed precision (CUDA only)")
-    r.add_argument("--channels-last", action="store_true", help="channels_last layout (CUDA only)")
+    r.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="channels_last layout on CUDA (the CPU always uses it)",
+    )
 
 
 _HELP = {

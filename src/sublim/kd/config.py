@@ -4,7 +4,7 @@ Frozen and validated like ExperimentConfig; its hash names the experiment's dire
 identical experiment is recognised and not rerun. The training recipe is configuration: SGD
 (lr, momentum, weight decay, Nesterov) or AdamW, cosine or multi-step schedule with linear warm-up
 or OneCycle stepped per batch, epochs, batch size, label smoothing, augmentation, ImageNet-pretrained
-starting weights with a backbone learning-rate multiplier, mixed precision and channels_last (CUDA).
+starting weights with a backbone learning-rate multiplier, mixed precision and channels_last (CUDA; the CPU always runs channels-last).
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ class KDConfig:
     label_smoothing: float = 0.1
     augment: str | None = None  # None: crop=4,hflip=0.5 (crop=4 for digits: svhn, mnist, kmnist)
     amp: bool = False  # float16 autocast + GradScaler (CUDA only; no effect on a CPU)
-    channels_last: bool = False  # CUDA only
+    channels_last: bool = False  # CUDA: opt in; the CPU always runs channels-last (kd.train)
     train_limit: int = 0  # use only the first N training images (0: all); for smoke tests
     test_limit: int = 0  # evaluate on the first N test images only (0: all); for smoke tests
     # cross-entropy weight; None: the method's reference weight (1 for a plain training)
