@@ -98,6 +98,8 @@ def summarize(x: Tensor) -> RepSummary:
 
 
 def compare_summaries(a: RepSummary, b: RepSummary) -> tuple[float, float]:
-    """(linear CKA, RSA) of two representations of the same N samples; NaN when undefined."""
-    cka = linear_cka_gram(a.gram.double(), b.gram.double(), centered=True)
-    return float(cka), float((a.rdm.double() * b.rdm.double()).sum())
+    """(linear CKA, RSA) of two representations of the same N samples; NaN when undefined.
+
+    Reduced in float64 on the CPU (MPS has no float64; the summaries are N x N)."""
+    ga, gb, ra, rb = (t.to("cpu", torch.float64) for t in (a.gram, b.gram, a.rdm, b.rdm))
+    return float(linear_cka_gram(ga, gb, centered=True)), float((ra * rb).sum())
