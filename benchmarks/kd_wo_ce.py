@@ -9,6 +9,7 @@ as executed), and the cost of each distillation over the teacher's forward plus 
 step (the target for the 1x1-projector method is at most 1.3x).
 
     .venv/bin/python benchmarks/kd_wo_ce.py [--batch 128] [--steps 4] [--device cpu]
+        [--layout channels-last|nchw]
 """
 
 from __future__ import annotations
@@ -84,13 +85,19 @@ def bench(method: str | None, args: argparse.Namespace, teacher_only: bool = Fal
         [] if distiller is None else list(distiller.parameters())
     )
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+    last = args.layout == "channels-last"  # as `sublim kd` runs on the CPU
+    if last:
+        for m in (student, teacher, distiller):
+            if m is not None:
+                m.to(memory_format=torch.channels_last)
     s_taps = ("logits",) if distiller is None else ("logits", *distiller.student_taps)
     detach = None if distiller is None else distiller.detach_after
 
     def batch(i: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(i))
         idx = idx[: args.batch].to(device)
-        return norm.take(data, idx), labels[idx]
+        x = norm.take(data, idx)
+        return (x.contiguous(memory_format=torch.channels_last) if last else x), labels[idx]
 
     def teacher_step(i: int) -> None:
         x, _ = batch(i)
@@ -128,8 +135,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--layout",
+        choices=("channels-last", "nchw"),
+        help="memory layout (default: channels-last on the CPU, as `sublim kd` runs, else NCHW)",
+    )
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
+    if args.layout is None:
+        args.layout = "channels-last" if args.device == "cpu" else "nchw"
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
+        f"{args.layout}"
+    )
     alone = bench(None, args)
     teacher = bench(None, args, teacher_only=True)
     rows = {
