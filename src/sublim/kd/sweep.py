@@ -86,9 +86,10 @@ OWNED = ("role", "seed", "outdir", "teacher_checkpoint_path", "model", "teacher"
 FIELDS = tuple(f.name for f in fields(KDConfig))
 
 
-# Achieved rate of KD training steps on the 2-core reference CPU (benchmarks/kd_wo_ce.py:
-# 35-63 GFLOP/s for resnet9 / resnet34 steps at batch 128), used for --dry-run's estimate.
-CPU_GFLOPS = 45.0
+# Achieved rate of KD training steps on the 2-core reference CPU (benchmarks/kd_wo_ce.py on an
+# idle machine, channels-last: 150-167 GFLOP/s for resnet9 / resnet34 steps at batch 128; about
+# a third of that while other jobs share it), used for --dry-run's estimate.
+CPU_GFLOPS = 150.0
 TRAIN_IMAGES = {
     "cifar10": 50_000,
     "cifar100": 50_000,
