@@ -5,8 +5,9 @@ figures/fig3_mlp_teacher_cnn_student.toml, m = 10, Perlin noise, batch 1000) and
 KD step (resnet110 teacher, logit KD, batch 128, SGD), each in a fresh process with glibc's
 default thresholds ("before", `engine.alloc.disable_tuning`; the KD step in NCHW) and with
 `engine.alloc.tune_allocator` ("after"; the KD step channels-last as `sublim kd` runs on the CPU,
-and in NCHW to show the allocator's share alone), prints: ms per step (best of the repeats, and their range), GFLOP/s (FLOPs counted by
-torch.utils.flop_counter, forward and backward as executed), minor page faults per step
+and in NCHW to show the allocator's share alone), prints: ms per step (best of the repeats, and
+their range), GFLOP/s (FLOPs counted by torch.utils.flop_counter, forward and backward as
+executed), minor page faults per step
 (getrusage ru_minflt) and the time of one full test-set evaluation. Then, with the tuning: the
 whole figure-3 run (`engine.run`, 5 x 60 steps) in a fresh process with its peak RSS, and the
 projected hours of the whole figure-3 MLP -> CNN spec (benchmarks/paper_projection.py's method:

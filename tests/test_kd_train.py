@@ -481,3 +481,35 @@ def test_mnist_family_fits_the_cifar_models(tmp_path: Path) -> None:
     assert data.train_x[:, :, :2].max() == 0  # black border
     assert data.mean == (0.1307,) * 3
     assert run_experiment(config)["status"] == "completed"
+
+
+def test_evaluation_is_gradient_free_and_channels_last_equals_nchw(
+    cifar: Path, teacher: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CPU runs KD models channels-last (kd.train.channels_last); the test metrics are the
+    NCHW ones up to float rounding, and no autograd graph is built while evaluating."""
+    from sublim.engine.train import Normalizer
+    from sublim.kd import train as kd_train
+    from sublim.kd.data import load_kd_data
+    from sublim.kd.runner import load_teacher_weights
+
+    ck = str(experiment_dir(_config(cifar, teacher, model="resnet14", epochs=2)) / "best.pt")
+    config = _student(cifar, teacher, "kd", train_limit=100).replace(teacher_checkpoint_path=ck)
+    cpu = torch.device("cpu")
+    assert kd_train.channels_last(config, cpu)
+    data = load_kd_data(config)
+    norm = Normalizer(data.mean, data.std, cpu)
+    models = kd_train.build_models(config, cpu, load_teacher_weights(config))
+    grad_modes: list[bool] = []
+    plain = kd_train.run_taps
+
+    def spy(*args: object, **kw: object) -> object:
+        grad_modes.append(torch.is_grad_enabled())
+        return plain(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(kd_train, "run_taps", spy)
+    nchw = kd_train.evaluate(models, data.test_x, data.test_y, norm, False)
+    models.student.to(memory_format=torch.channels_last)
+    last = kd_train.evaluate(models, data.test_x, data.test_y, norm, False, last=True)
+    assert grad_modes and not any(grad_modes)
+    assert last[1] == nchw[1] and last[0] == pytest.approx(nchw[0], rel=1e-5)

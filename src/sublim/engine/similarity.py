@@ -19,8 +19,6 @@ from ..config import ExperimentConfig
 from ..geometry.similarity import RepSummary, compare_summaries
 from ..records import LAYER_REPRESENTATION_VALUES
 
-# layer_metrics comparison -> the student state its representation columns use
-REPRESENTATION_COMPARISONS = ("teacher_student_init", "teacher_student_final")
 LayerValues = dict[str, tuple[float, float]]  # layer name -> (linear CKA, RSA)
 
 

@@ -293,9 +293,9 @@ def evaluate_keeping(
     """`evaluate`, plus every hidden layer's CKA/RSA summary on rows `keep`, in the same pass.
 
     The kept rows run first (in chunks), with their layer outputs tapped; the other rows
-    follow (gathered per chunk, not into `norm.take`'s buffers, which would stay as large as an
-    evaluation chunk in every prepared run of a stack). Logits go back to their rows before the metrics, so accuracy and loss are
-    `evaluate`'s whatever `keep` is.
+    follow, gathered per chunk (not into `norm.take`'s buffers, which would stay as large as an
+    evaluation chunk in every prepared run of a stack). Logits go back to their rows before
+    the metrics, so accuracy and loss are `evaluate`'s whatever `keep` is.
     """
     net.eval()
     rows = chunk or eval_chunk(net)

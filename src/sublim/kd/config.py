@@ -4,7 +4,8 @@ Frozen and validated like ExperimentConfig; its hash names the experiment's dire
 identical experiment is recognised and not rerun. The training recipe is configuration: SGD
 (lr, momentum, weight decay, Nesterov) or AdamW, cosine or multi-step schedule with linear warm-up
 or OneCycle stepped per batch, epochs, batch size, label smoothing, augmentation, ImageNet-pretrained
-starting weights with a backbone learning-rate multiplier, mixed precision and channels_last (CUDA; the CPU always runs channels-last).
+starting weights with a backbone learning-rate multiplier, mixed precision and channels_last
+(CUDA; the CPU always runs channels-last).
 """
 
 from __future__ import annotations

@@ -235,7 +235,6 @@ def _init_lr(config: KDConfig, models: Models) -> float:
     return config.lr if lr is None else float(lr)
 
 
-@torch.no_grad()
 def channels_last(config: KDConfig, device: torch.device) -> bool:
     """Whether models and batches run channels-last: always on the CPU (oneDNN's fast layout:
     a resnet110 -> resnet20 KD step at batch 128 took 550 ms against 700-740 ms in NCHW on the
@@ -247,6 +246,7 @@ def _layout(x: torch.Tensor, last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if last and x.dim() == 4 else x
 
 
+@torch.no_grad()
 def evaluate(
     models: Models,
     x_all: torch.Tensor,
