@@ -125,3 +125,15 @@ def test_same_seed_same_values_and_late_teacher_perturbation_only_moves_final() 
     assert c[key] == a[key]  # the teacher the student started from
     final = ("teacher_student_final", "fc1", "weight")
     assert c[final][0] < a[final][0]  # the perturbed teacher at the end
+
+
+def test_a_stack_mixing_subset_sizes_equals_separate_runs() -> None:
+    from sublim.engine.batch import plan_stacks, run_group
+
+    configs = [SMALL, SMALL.replace(similarity_samples=50), SMALL.replace(m=4)]
+    assert [len(s) for s in plan_stacks(configs, across_seeds=False)] == [3]  # one stack
+    for got, config in zip(run_group(configs), configs, strict=True):
+        want = _values(run(config))
+        for key, (cka, r) in _values(got).items():
+            assert cka == pytest.approx(want[key][0], rel=1e-3, abs=1e-6, nan_ok=True), key
+            assert r == pytest.approx(want[key][1], rel=1e-3, abs=1e-6, nan_ok=True), key

@@ -357,7 +357,8 @@ def _train_stack(
     losses = torch.zeros(total_steps, len(order), device=device)
     release_free_memory()  # the evaluations' buffers, before the training steps' own
     results: dict[int, RunRecord] = {}
-    teacher_evals: dict[tuple[str, int], Evaluation] = {}  # by (view, seed): seeds keep own rows
+    # by (view, seed, subset size): the kept test rows depend on the seed and the size
+    teacher_evals: dict[tuple[str, int, int], Evaluation] = {}
     ids = {id(c): i for i, c in enumerate(batch)}
     bounds = [k for k in range(1, len(seeds)) if seeds[k] != seeds[k - 1]]
     spans = list(zip([0, *bounds], [*bounds, len(seeds)], strict=True))  # slots are seed-sorted
@@ -418,14 +419,15 @@ def _train_stack(
             late = any(
                 p.target == "teacher" and p.timing == "after_student_training" for p in c.perturb
             )
+            tkey = (views[k], seeds[k], prep.config.similarity_samples)  # teacher, kept rows
             if late:
                 teacher = copy.deepcopy(teacher)  # finish() perturbs it; the trajectory goes on
-            elif (views[k], seeds[k]) not in teacher_evals:  # an unperturbed teacher: once
+            elif tkey not in teacher_evals:  # an unperturbed teacher: evaluated once
                 test_x, test_y = prep.data.test_x.to(device), prep.data.test_y.to(device)
-                teacher_evals[views[k], seeds[k]] = evaluate_keeping(
+                teacher_evals[tkey] = evaluate_keeping(
                     teacher, test_x, test_y, prep.norm, prep.keep
                 )
-            known = None if late else teacher_evals[views[k], seeds[k]]
+            known = None if late else teacher_evals[tkey]
             results[ids[id(c)]] = finish(prep, c, student, teacher, last, started, known)
     share = (time.perf_counter() - started) / len(batch)
     for rec in results.values():
