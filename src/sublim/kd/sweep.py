@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..sweep.spec import SpecError, parse_seeds, read_toml
+from ..sweep.spec import SpecError, parse_seeds, read_toml, spec_track
 from .autolayers import resolve_planned, resolve_ready
 from .config import METHOD_NAMES, KDConfig
 from .experiment import Experiment, experiment_dir
@@ -240,19 +240,12 @@ def load_plan(path: str | Path, outdir: str, seeds: str | None = None) -> KDPlan
     done = t_done | {
         h for h, c in students.items() if Experiment(c).status().get("status") == "completed"
     }
-    track = data.get("track", [])
-    track = [track] if isinstance(track, str) else track
-    if not isinstance(track, list) or not all(isinstance(t, str) for t in track):
-        raise SpecError(
-            f"{path}: track: invalid value {data['track']!r}; expected a string like "
-            '"tensorboard:DIR" or "mlflow", or a list of them'
-        )
     return KDPlan(
         str(data.get("name", path.stem)),
         list(teachers.values()),
         list(students.values()),
         done,
-        tuple(track),
+        spec_track(data, path),
     )
 
 

@@ -234,6 +234,18 @@ def _check_keys(table: Mapping[str, Any], where: str, allow_perturb_fields: bool
             )
 
 
+def spec_track(data: dict[str, Any], path: str | Path) -> tuple[str, ...]:
+    """A spec's `track` key (one target or a list; sublim.tracking parses each) as a tuple."""
+    track = data.get("track", [])
+    track = [track] if isinstance(track, str) else track
+    if not isinstance(track, list) or not all(isinstance(t, str) for t in track):
+        raise SpecError(
+            f"{path}: track: invalid value {data['track']!r}; expected a string like "
+            '"tensorboard:DIR" or "mlflow", or a list of them'
+        )
+    return tuple(track)
+
+
 def read_toml(path: str | Path) -> dict[str, Any]:
     """A spec file's TOML as a dict; SpecError naming the file when unreadable or invalid."""
     p = Path(path)
@@ -292,13 +304,6 @@ def parse_spec(
     name = data.get("name", default_name)
     if not isinstance(name, str) or not name:
         raise SpecError(f"{path}: name: invalid value {name!r}; expected a non-empty string")
-    track = data.get("track", [])
-    track = [track] if isinstance(track, str) else track
-    if not isinstance(track, list) or not all(isinstance(t, str) for t in track):
-        raise SpecError(
-            f"{path}: track: invalid value {data['track']!r}; expected a string like "
-            '"tensorboard:DIR" or "mlflow", or a list of them'
-        )
     spec = SweepSpec(
         path=path,
         name=name,
@@ -310,6 +315,6 @@ def parse_spec(
         grid=grid,
         zipped=zipped,
         conditions=conditions,
-        track=tuple(track),
+        track=spec_track(data, path),
     )
     return spec
