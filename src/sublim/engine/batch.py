@@ -43,7 +43,7 @@ from .alloc import release_free_memory, tune_allocator
 from .losses import get_loss
 from .optim import Adam
 from .run import Prepared, finish, load_data, prepare, resolve_device, run
-from .teacher import TeacherState, teacher_key, train_teacher_stage
+from .teacher import TeacherState, teacher_key, teacher_view, train_teacher_stage
 from .train import Evaluation, evaluate_keeping, student_noise
 
 MEMORY_BUDGET = 1.5 * 2**30  # bytes of activations + optimizer state per stack
@@ -78,16 +78,6 @@ def stack_key(config: ExperimentConfig) -> tuple[Any, ...] | None:
         config.student_lr,
         config.device,
     )
-
-
-def _teacher_view(config: ExperimentConfig) -> str:
-    """Which teacher features a student reads: its teacher and the teacher's late perturbations."""
-    late = [
-        (i, p.to_dict())
-        for i, p in enumerate(config.perturb)
-        if p.target == "teacher" and p.timing == "before_student_training"
-    ]
-    return teacher_key(config) + json.dumps(late, sort_keys=True)
 
 
 def _slot_bytes(config: ExperimentConfig) -> float:
@@ -312,10 +302,12 @@ def _train_stack(
     """Train the slots of one stack together, recording each run at its step count."""
     started = time.perf_counter()
     slots: dict[str, _Slot] = {}
+    init_reps: dict[tuple[str, int, int], Any] = {}  # initial teachers' CKA/RSA summaries
     for c in batch:
         key = slot_key(c)
         if key not in slots:
-            slots[key] = _Slot(prepare(c, load_data(c), device, teachers[teacher_key(c)]))
+            state = teachers[teacher_key(c)]
+            slots[key] = _Slot(prepare(c, load_data(c), device, state, init_reps))
         slots[key].runs.append(c)
     order = sorted(slots.values(), key=lambda s: s.prep.config.seed)  # stable within a seed
     students = [s.prep.student for s in order]
@@ -340,7 +332,7 @@ def _train_stack(
     loss_fns = [get_loss(s.prep.config.distill_loss) for s in order]
     # one noise stream per seed, one teacher forward per (teacher, its late perturbations)
     seeds = [s.prep.config.seed for s in order]
-    views = [_teacher_view(s.prep.config) for s in order]
+    views = [teacher_view(s.prep.config) for s in order]
     trunks = {v: s.prep.teacher for v, s in zip(views, order, strict=True)}
     view_seed = {v: seed for v, seed in zip(views, seeds, strict=True)}
     for s in order:

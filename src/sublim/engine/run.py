@@ -29,13 +29,14 @@ from ..config.augmentspec import canonical as canonical_augment
 from ..config.perturbspec import TIMINGS
 from ..data.datasets import ImageData, load_dataset, select_classes
 from ..errors import ConfigError
+from ..geometry.similarity import RepSummary
 from ..models import SplitHeadNet, build_model, model_seed, parameter_counts
 from ..records import RunRecord, compact_aliases
 from .alloc import release_free_memory, tune_allocator
 from .metrics import COMPARISONS, layer_rows, snapshot
 from .perturb import apply_perturbations
 from .similarity import LayerValues, attach, layer_values, similarity_subset
-from .teacher import TeacherState, teacher_key, train_teacher_stage
+from .teacher import TeacherState, teacher_key, teacher_view, train_teacher_stage
 from .train import (
     Evaluation,
     NoiseNorm,
@@ -131,8 +132,13 @@ def prepare(
     data: ImageData,
     device: torch.device,
     teacher_state: TeacherState,
+    shared_reps: dict[tuple[str, int, int], dict[str, RepSummary]] | None = None,
 ) -> Prepared:
-    """Everything before student training (timeline steps 1-4, the teacher from its stage)."""
+    """Everything before student training (timeline steps 1-4, the teacher from its stage).
+
+    `shared_reps` (a stack's runs): the initial teacher's CKA/RSA summaries by (teacher view,
+    seed, subset size), filled here, so runs that learn from one teacher take them once.
+    """
     if teacher_state.key != teacher_key(config):
         raise ValueError("teacher_state was trained for another teacher configuration")
     teacher = teacher_state.model(config, device)
@@ -167,7 +173,12 @@ def prepare(
     p = Prepared(config, data, device, teacher, student, norm, noise_norm, r, snaps, prows)
     p.saved, p.keep = saved, keep
     if keep is not None:  # the teacher as the student starts to learn from it: kept rows only
-        _, t_reps = kept_forward(teacher, test_x, keep, norm, eval_chunk(teacher))
+        key = (teacher_view(config), config.seed, config.similarity_samples)
+        t_reps = None if shared_reps is None else shared_reps.get(key)
+        if t_reps is None:
+            _, t_reps = kept_forward(teacher, test_x, keep, norm, eval_chunk(teacher))
+            if shared_reps is not None:
+                shared_reps[key] = t_reps
         p.similarity["teacher_student_init"] = layer_values(t_reps, ev.reps)
     if config.diagnostics:
         from .diagnostics import aux_outputs, eval_noise

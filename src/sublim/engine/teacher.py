@@ -80,6 +80,17 @@ def teacher_key(config: ExperimentConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def teacher_view(config: ExperimentConfig) -> str:
+    """The teacher a student learns from: its trained teacher and the teacher's
+    before_student_training perturbations (runs with the same view share its features)."""
+    early = [
+        (i, p.to_dict())
+        for i, p in enumerate(config.perturb)
+        if p.target == "teacher" and p.timing == "before_student_training"
+    ]
+    return teacher_key(config) + json.dumps(early, sort_keys=True)
+
+
 @dataclass
 class TeacherState:
     """A trained teacher and what the teacher stage measured (all on the CPU)."""
