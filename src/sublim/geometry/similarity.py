@@ -69,8 +69,9 @@ def rsa(x: Tensor, y: Tensor) -> Tensor:
 class RepSummary(NamedTuple):
     """What linear CKA and RSA need of one representation on N samples, O(N^2) in memory.
 
-    `gram`: the sample-centered Gram matrix [N, N]; `rdm`: the upper triangle (i < j) of the
-    RDM, centered and scaled to unit norm, so RSA of two summaries is a dot product.
+    `gram`: the sample-centered Gram matrix [N, N] scaled to unit Frobenius norm, so linear CKA
+    of two summaries is a dot product; `rdm`: the upper triangle (i < j) of the RDM, centered
+    and scaled to unit norm, so RSA is one too.
     """
 
     gram: Tensor
@@ -94,12 +95,17 @@ def summarize(x: Tensor) -> RepSummary:
     iu = torch.triu_indices(n, n, offset=1, device=f.device)
     u = 1 - (rc * scale[:, None] * scale[None, :])[iu[0], iu[1]]
     u = u - u.mean()
-    return RepSummary(center_gram(g), u / u.norm())
+    kc = center_gram(g)
+    return RepSummary(kc / kc.square().sum(dtype=torch.float64).sqrt().to(kc.dtype), u / u.norm())
 
 
 def compare_summaries(a: RepSummary, b: RepSummary) -> tuple[float, float]:
     """(linear CKA, RSA) of two representations of the same N samples; NaN when undefined.
 
-    Reduced in float64 on the CPU (MPS has no float64; the summaries are N x N)."""
-    ga, gb, ra, rb = (t.to("cpu", torch.float64) for t in (a.gram, b.gram, a.rdm, b.rdm))
-    return float(linear_cka_gram(ga, gb, centered=True)), float((ra * rb).sum())
+    Dot products of the unit-norm summaries, summed in float64 on the CPU (MPS has no float64).
+    """
+
+    def dot(u: Tensor, v: Tensor) -> float:
+        return float((u.cpu() * v.cpu()).sum(dtype=torch.float64))
+
+    return dot(a.gram, b.gram), dot(a.rdm, b.rdm)
