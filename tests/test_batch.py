@@ -9,6 +9,7 @@ import pytest
 from sublim import ExperimentConfig, run
 from sublim.config.perturbspec import parse_shorthand
 from sublim.engine.batch import plan_stacks, run_group, slot_key
+from sublim.models import convpool
 
 BASE = ExperimentConfig(
     classes=(0, 1, 2),
@@ -91,7 +92,12 @@ CNN_SPEC = [  # figure 3's student, narrower: padded conv + max pool, conv + max
 CNN = BASE.replace(student_type="cnn", student_arch_spec=json.dumps(CNN_SPEC), student_lr=3e-3)
 
 
-def test_cnn_stack_equals_separate_runs() -> None:
+@pytest.mark.parametrize("chunk_bytes", [None, 1], ids=["whole", "chunked"])
+def test_cnn_stack_equals_separate_runs(chunk_bytes, monkeypatch) -> None:
+    """Also with the CPU's conv + max pool training in chunks (models.convpool: 29-row chunks
+    of the 200-row noise batches), which the separate runs and the stack's CPU way share."""
+    if chunk_bytes is not None:
+        monkeypatch.setattr(convpool, "TRAIN_CHUNK_BYTES", chunk_bytes)
     other = [  # no bias, another activation, an avg pool: the generic stacked forward
         {**CNN_SPEC[0], "bias": False, "activation": "tanh"},
         {**CNN_SPEC[1], "stride": 2, "pool": {"type": "avg", "kernel_size": 2}},
@@ -108,7 +114,8 @@ def test_cnn_stack_equals_separate_runs() -> None:
     assert sorted(len(s) for s in plan_stacks(configs, across_seeds=True)) == [1, 5]
     assert sorted(len(s) for s in plan_stacks(configs, across_seeds=False)) == [1, 1, 4]
     wants = [run(config) for config in configs]
-    for grouped_convs in (True, False):  # the GPU's way and the CPU's, on any device
+    ways = (True, False) if chunk_bytes is None else (False,)  # grouped convs never chunk
+    for grouped_convs in ways:  # the GPU's way and the CPU's, on any device
         stacked = run_group(configs, across_seeds=True, grouped=grouped_convs)
         for config, got, want in zip(configs, stacked, wants, strict=True):
             assert got.run["config_hash"] == config.config_hash

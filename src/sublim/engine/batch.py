@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from ..config import ExperimentConfig
 from ..config.archspec import cnn_shapes
-from ..models.net import activation_sizes, apply_layer, channels_last
+from ..models.net import activation_sizes, apply_layer, channels_last, conv_layer
 from ..records import RunRecord
 from .alloc import release_free_memory, tune_allocator
 from .losses import get_loss
@@ -272,12 +272,11 @@ def _one_cnn_features(
     for entry, w, b in zip(spec, weights, biases, strict=True):
         bias = None if b is None else b[k]
         if entry["type"] == "conv2d":
-            h = F.conv2d(h, w[k], bias, entry["stride"], entry["padding"], entry["dilation"])
-        else:
-            if not flat:
-                h, flat = h.flatten(1), True
-            h = F.linear(h, w[k], bias)
-        h = apply_layer(entry, h)
+            h = conv_layer(entry, h, w[k], bias)
+            continue
+        if not flat:
+            h, flat = h.flatten(1), True
+        h = apply_layer(entry, F.linear(h, w[k], bias))
     return h if flat else h.flatten(1)
 
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import archspec
+from .convpool import conv_max_pool
 
 _ACT = {"relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}
 
@@ -138,6 +139,20 @@ def apply_layer(entry: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
     return F.relu_(x) if relu_after_pool else x
 
 
+def conv_layer(
+    entry: dict[str, Any], x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """Conv layer `entry` (weights given) with its activation and pool on `x`.
+
+    `apply_layer(entry, conv2d(x))`; on the CPU in training, a pooled conv runs in row chunks
+    (models.convpool), which keeps its largest buffers a chunk's size."""
+    pooled = conv_max_pool(x, weight, bias, entry)
+    if pooled is not None:
+        return F.relu_(pooled) if entry["activation"] == "relu" else pooled
+    y = F.conv2d(x, weight, bias, entry["stride"], entry["padding"], entry["dilation"])
+    return apply_layer(entry, y)
+
+
 class SplitHeadNet(nn.Module):
     """Feature layers from a normalised spec, then `class_head` and `aux_head` (both linear)."""
 
@@ -198,7 +213,10 @@ class SplitHeadNet(nn.Module):
         for entry, layer in self._steps:
             if entry["type"] == "linear" and not flat:
                 x, flat = x.flatten(1), True
-            x = apply_layer(entry, layer(x))
+            if entry["type"] == "conv2d":
+                x = conv_layer(entry, x, layer.weight, layer.bias)
+            else:
+                x = apply_layer(entry, layer(x))
             if tap is not None:
                 tap(entry["name"], x)
         return x if flat else x.flatten(1)
