@@ -11,9 +11,9 @@ and its output.
 
 The forward (values and pool indices) and the input gradient are the whole batch's: every
 sample is computed as before (bit for bit in the tests and on figure 3's CNN; see
-MIN_CHUNK_ROWS). The weight and bias gradients are sums over the batch, here
-the chunks' partial sums added in order: equal to the whole batch's up to float rounding
-(relative ~1e-5), and deterministic. Per step it costs no time on the reference CPU (figure
+MIN_CHUNK_ROWS). The weight and bias gradients are sums over the batch, here the chunks'
+partial sums added in order: equal to the whole batch's up to float rounding (relative ~1e-5),
+and deterministic. Per step it costs no time on the reference CPU (figure
 3's CNN: conv1 forward 21 ms chunked against 25 ms whole, backward 37 against 36 ms).
 """
 
@@ -38,8 +38,10 @@ def _pair(v: Any) -> list[int]:
 def chunk_rows(
     n: int, row_bytes: int, budget: int | None = None, min_rows: int = MIN_CHUNK_ROWS
 ) -> int | None:
-    """Rows per chunk: as few chunks as `budget` bytes each allow (default TRAIN_CHUNK_BYTES;
-    at least `min_rows` rows each), balanced; None when the whole batch fits one."""
+    """Rows per chunk of a batch of `n` rows of `row_bytes` each, or None for one chunk.
+
+    As few chunks as hold at most `budget` bytes (default TRAIN_CHUNK_BYTES) or `min_rows`
+    rows, whichever is more, each; their sizes balanced to within one row."""
     budget = TRAIN_CHUNK_BYTES if budget is None else budget
     cap = max(min_rows, budget // row_bytes)
     if n <= cap:
