@@ -94,8 +94,8 @@ CNN = BASE.replace(student_type="cnn", student_arch_spec=json.dumps(CNN_SPEC), s
 
 @pytest.mark.parametrize("chunk_bytes", [None, 1], ids=["whole", "chunked"])
 def test_cnn_stack_equals_separate_runs(chunk_bytes, monkeypatch) -> None:
-    """Also with the CPU's conv + max pool training in chunks (models.convpool: 29-row chunks
-    of the 200-row noise batches), which the separate runs and the stack's CPU way share."""
+    """Also with the CPU's conv + max pool training in chunks (models.convpool: 28- and 29-row
+    chunks of the 200-row noise batches), which the separate runs and the stack's CPU way share."""
     if chunk_bytes is not None:
         monkeypatch.setattr(convpool, "TRAIN_CHUNK_BYTES", chunk_bytes)
     other = [  # no bias, another activation, an avg pool: the generic stacked forward

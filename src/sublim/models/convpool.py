@@ -5,20 +5,21 @@ are the conv's output before the pool and, in the backward, the gradient scatter
 it: 110 MB each for the figure-3 student's first conv at batch 1000. Both are transient, and
 on the CPU they fragment the heap that the allocator tuning (engine.alloc) keeps: a figure-3
 run peaked at 825-1,050 MB RSS with whole-batch convs. `conv_max_pool` runs the conv, the pool
-and their backward `rows` samples at a time, so these buffers are one chunk's size
-(<= TRAIN_CHUNK_BYTES), and keeps what a whole-batch pass keeps: the input, the pool's indices
-and its output.
+and their backward a chunk of rows at a time, so these buffers are one chunk's size
+(<= TRAIN_CHUNK_BYTES, or MIN_CHUNK_ROWS rows where one row is larger than a 32nd of that),
+and keeps what a whole-batch pass keeps: the input, the pool's indices and its output.
 
 The forward (values and pool indices) and the input gradient are the whole batch's: every
 sample is computed as before (bit for bit in the tests and on figure 3's CNN; see
 MIN_CHUNK_ROWS). The weight and bias gradients are sums over the batch, here the chunks'
 partial sums added in order: equal to the whole batch's up to float rounding (relative ~1e-5),
-and deterministic. Per step it costs no time on the reference CPU (figure
-3's CNN: conv1 forward 21 ms chunked against 25 ms whole, backward 37 against 36 ms).
+and deterministic. Per step it costs no time on the reference CPU (figure 3's CNN: conv1
+forward 21 ms chunked against 25 ms whole, backward 37 against 36 ms).
 """
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -35,19 +36,20 @@ def _pair(v: Any) -> list[int]:
     return [v, v] if isinstance(v, int) else [int(v[0]), int(v[1])]
 
 
-def chunk_rows(
+def chunk_bounds(
     n: int, row_bytes: int, budget: int | None = None, min_rows: int = MIN_CHUNK_ROWS
-) -> int | None:
-    """Rows per chunk of a batch of `n` rows of `row_bytes` each, or None for one chunk.
+) -> list[int] | None:
+    """Chunk boundaries [0, ..., n] of a batch of `n` rows of `row_bytes` each; None for one.
 
     As few chunks as hold at most `budget` bytes (default TRAIN_CHUNK_BYTES) or `min_rows`
-    rows, whichever is more, each; their sizes balanced to within one row."""
+    rows, whichever is more, each; their sizes differ by at most one row, so each holds at least
+    half that cap."""
     budget = TRAIN_CHUNK_BYTES if budget is None else budget
     cap = max(min_rows, budget // row_bytes)
     if n <= cap:
         return None
     chunks = -(-n // cap)
-    return -(-n // chunks)
+    return [n * j // chunks for j in range(chunks + 1)]
 
 
 class _ConvMaxPool(torch.autograd.Function):
@@ -61,11 +63,11 @@ class _ConvMaxPool(torch.autograd.Function):
         bias: torch.Tensor | None,
         conv: tuple[list[int], list[int], list[int]],
         pool: tuple[Any, Any, Any],
-        rows: int,
+        bounds: list[int],
     ) -> torch.Tensor:
         out = idx = None
-        for i in range(0, x.shape[0], rows):
-            y = F.conv2d(x[i : i + rows], weight, bias, *conv)
+        for a, b in pairwise(bounds):
+            y = F.conv2d(x[a:b], weight, bias, *conv)
             p, ix = F.max_pool2d(y, *pool, return_indices=True)
             if out is None:
                 fmt = (
@@ -78,10 +80,10 @@ class _ConvMaxPool(torch.autograd.Function):
                 idx = torch.empty(size, dtype=ix.dtype, device=ix.device, memory_format=fmt)
                 ctx.conv_size, ctx.fmt = tuple(y.shape[-2:]), fmt
             del y
-            out[i : i + rows].copy_(p)
-            idx[i : i + rows].copy_(ix)
+            out[a:b].copy_(p)
+            idx[a:b].copy_(ix)
         ctx.save_for_backward(x, weight, idx)
-        ctx.conv, ctx.pool, ctx.rows, ctx.has_bias = conv, pool, rows, bias is not None
+        ctx.conv, ctx.pool, ctx.bounds, ctx.has_bias = conv, pool, bounds, bias is not None
         return out
 
     @staticmethod
@@ -95,17 +97,14 @@ class _ConvMaxPool(torch.autograd.Function):
         dx = torch.empty_like(x) if need_x else None
         dw = db = None
         grad = grad.contiguous(memory_format=ctx.fmt)
-        for i in range(0, x.shape[0], ctx.rows):
-            gy = F.max_unpool2d(
-                grad[i : i + ctx.rows], idx[i : i + ctx.rows], *ctx.pool, ctx.conv_size
-            )
+        for a, b in pairwise(ctx.bounds):
+            gy = F.max_unpool2d(grad[a:b], idx[a:b], *ctx.pool, ctx.conv_size)
             dxi, dwi, dbi = torch.ops.aten.convolution_backward(
-                gy, x[i : i + ctx.rows], weight, bias_sizes, stride, padding, dilation,
-                False, [0, 0], 1, mask,
-            )  # fmt: skip
+                gy, x[a:b], weight, bias_sizes, stride, padding, dilation, False, [0, 0], 1, mask
+            )
             del gy
             if dx is not None:
-                dx[i : i + ctx.rows].copy_(dxi)
+                dx[a:b].copy_(dxi)
             if mask[1]:
                 dw = dwi if dw is None else dw.add_(dwi)
             if mask[2]:
@@ -120,7 +119,8 @@ def conv_max_pool(
 
     Used on the CPU, in training (autograd on), for a conv with a non-overlapping max pool and
     a ReLU or no activation (the caller applies the ReLU after the pool: they commute), when the
-    batch's conv output exceeds TRAIN_CHUNK_BYTES. Elsewhere the whole-batch path is as good.
+    batch has more rows than one chunk holds (`chunk_bounds`). Elsewhere the whole-batch path
+    is as good.
     """
     pool = entry.get("pool")
     if (
@@ -142,7 +142,8 @@ def conv_max_pool(
     for d, n in enumerate(x.shape[-2:]):
         k = (weight.shape[2 + d] - 1) * conv[2][d] + 1
         size.append((n + 2 * conv[1][d] - k) // conv[0][d] + 1)
-    rows = chunk_rows(x.shape[0], weight.shape[0] * size[0] * size[1] * x.element_size())
-    if rows is None:
+    bounds = chunk_bounds(x.shape[0], weight.shape[0] * size[0] * size[1] * x.element_size())
+    if bounds is None:
         return None
-    return _ConvMaxPool.apply(x, weight, bias, conv, (kernel, stride, _pair(pool["padding"])), rows)
+    pool_args = (kernel, stride, _pair(pool["padding"]))
+    return _ConvMaxPool.apply(x, weight, bias, conv, pool_args, bounds)
