@@ -14,7 +14,7 @@ from sublim.config import ExperimentConfig
 from sublim.models import build_model, convpool
 from sublim.models.net import channels_last, conv_layer
 
-BUDGET = 1024  # bytes: splits the test batches at convpool's floor (37 rows: 18 + 19)
+BUDGET = 1024  # bytes: splits the test batches at convpool's floor (37 rows: 19 + 18)
 
 
 def _entry(pool: dict | None = None, activation: str = "relu", **conv) -> dict:
@@ -89,7 +89,7 @@ def test_no_bias(monkeypatch) -> None:
     w = torch.randn(4, 1, 3, 3, generator=torch.Generator().manual_seed(2)).requires_grad_()
     entry = _entry({"kernel_size": 2}, activation="none", padding=1)
     whole, (_, ww, _) = _run(entry, x, w, None, 1 << 40, monkeypatch)
-    got, (_, gw, gb) = _run(entry, x, w, None, 4096, monkeypatch)  # chunks of 23, 23 and 24 rows
+    got, (_, gw, gb) = _run(entry, x, w, None, 4096, monkeypatch)  # chunks of 24, 23 and 23 rows
     assert torch.equal(got, whole) and gb is None
     _close(gw, ww)
 
@@ -146,7 +146,8 @@ def test_chunks_are_balanced_within_the_budget() -> None:
     assert convpool.chunk_bounds(1000, row, 32 << 20) == [0, 250, 500, 750, 1000]
     assert convpool.chunk_bounds(291, row, 32 << 20) is None  # 291 rows fit in 32 MiB
     assert convpool.chunk_bounds(100, row, 1) == [0, 25, 50, 75, 100]  # the 32-row floor
-    assert convpool.chunk_bounds(5, 10, 25, min_rows=1) == [0, 1, 3, 5]  # <= 2 rows of 10 bytes
+    assert convpool.chunk_bounds(5, 10, 25, min_rows=1) == [0, 2, 4, 5]  # <= 2 rows of 10 bytes
+    assert convpool.chunk_bounds(1000, 128 * 13 * 13 * 4, 32 << 20) == [0, 334, 667, 1000]  # conv2
     for min_rows, budget in ((1, 64), (32, 1), (32, 2000)):
         for n in range(1, 1100):
             bounds = convpool.chunk_bounds(n, 10, budget, min_rows)
@@ -158,6 +159,7 @@ def test_chunks_are_balanced_within_the_budget() -> None:
             assert bounds[0] == 0 and bounds[-1] == n and sum(sizes) == n
             assert len(sizes) == -(-n // cap) and max(sizes) <= cap  # as few as the cap allows
             assert max(sizes) - min(sizes) <= 1 and min(sizes) >= cap / 2  # never a sliver
+            assert sizes == sorted(sizes, reverse=True)  # later chunks fit where earlier ones were
 
 
 def test_a_cnn_student_trains_chunked_like_whole(monkeypatch) -> None:
