@@ -45,7 +45,7 @@ def chunk_bounds(
     rows, whichever is more, each; their sizes differ by at most one row, so each holds at least
     half that cap. The larger ones come first: a later chunk's buffers then fit in the heap
     space an earlier one freed (figure-3 runs, conv2 in 333 + 333 + 334 rows: peak RSS 731-843
-    MB; in 334 + 334 + 332: 677-710 MB)."""
+    MB; in 334 + 333 + 333: 674-749 MB)."""
     budget = TRAIN_CHUNK_BYTES if budget is None else budget
     cap = max(min_rows, budget // row_bytes)
     if n <= cap:
