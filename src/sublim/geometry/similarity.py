@@ -57,13 +57,16 @@ def rsa(x: Tensor, y: Tensor) -> Tensor:
     Pearson, not the classic Spearman: no ranking, so it is cheap, batched and deterministic; a
     monotone but non-linear relation between the RDMs scores below 1.
     """
-    n = x.shape[-2]
-    iu = torch.triu_indices(n, n, offset=1)
-    u = rdm(x)[..., iu[0], iu[1]]
-    v = rdm(y)[..., iu[0], iu[1]]
-    u = u - u.mean(-1, keepdim=True)
-    v = v - v.mean(-1, keepdim=True)
+    u, v = _centered_triangle(rdm(x)), _centered_triangle(rdm(y))
     return (u * v).sum(-1) / (u.norm(dim=-1) * v.norm(dim=-1))
+
+
+def _centered_triangle(r: Tensor) -> Tensor:
+    """The upper triangle (n < m) of RDMs [..., N, N] as vectors, centered: what RSA correlates."""
+    n = r.shape[-1]
+    iu = torch.triu_indices(n, n, offset=1, device=r.device)
+    u = r[..., iu[0], iu[1]]
+    return u - u.mean(-1, keepdim=True)
 
 
 class RepSummary(NamedTuple):
@@ -86,15 +89,13 @@ def summarize(x: Tensor) -> RepSummary:
     """
     f = x.reshape(x.shape[0], -1)
     f = f if f.dtype in (torch.float32, torch.float64) else f.float()
-    n, d = f.shape
+    d = f.shape[1]
     g = f @ f.T
     s = f.sum(dim=1)
     # the samples' Pearson correlations from the uncentered Gram: center each row over features
     rc = g - torch.outer(s, s) / d
     scale = rc.diagonal().clamp_min(torch.finfo(rc.dtype).tiny).rsqrt()
-    iu = torch.triu_indices(n, n, offset=1, device=f.device)
-    u = 1 - (rc * scale[:, None] * scale[None, :])[iu[0], iu[1]]
-    u = u - u.mean()
+    u = _centered_triangle(1 - rc * scale[:, None] * scale[None, :])
     kc = center_gram(g)
     return RepSummary(kc / kc.square().sum(dtype=torch.float64).sqrt().to(kc.dtype), u / u.norm())
 
