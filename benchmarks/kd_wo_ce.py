@@ -26,6 +26,7 @@ from sublim.engine.train import Normalizer
 from sublim.kd.losses import combine, create_distiller
 from sublim.kd.models import create_model
 from sublim.kd.train import model_shapes, run_taps
+from sublim.models.net import channels_last
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 SHAPE = (3, 32, 32)
@@ -97,7 +98,7 @@ def bench(method: str | None, args: argparse.Namespace, teacher_only: bool = Fal
         idx = torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(i))
         idx = idx[: args.batch].to(device)
         x = norm.take(data, idx)
-        return (x.contiguous(memory_format=torch.channels_last) if last else x), labels[idx]
+        return (channels_last(x) if last else x), labels[idx]
 
     def teacher_step(i: int) -> None:
         x, _ = batch(i)

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from .. import seeds
 from ..engine.augment import Augmenter
 from ..engine.train import Normalizer
+from ..models.net import channels_last as to_channels_last
 from .config import KDConfig
 from .data import KDData
 from .losses import Distiller, combine, create_distiller, layer_tap
@@ -243,7 +244,7 @@ def channels_last(config: KDConfig, device: torch.device) -> bool:
 
 
 def _layout(x: torch.Tensor, last: bool) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if last and x.dim() == 4 else x
+    return to_channels_last(x) if last and x.dim() == 4 else x
 
 
 @torch.no_grad()
