@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -21,17 +21,37 @@ from .style import PAGE_WIDTH, new_figure, styled
 from .summary import detect_axes, natural_key
 
 COMPARISONS = {"teacher_student_init": "initial", "teacher_student_final": "final"}
-# metric column -> (y-axis label, default title)
-METRICS = {
-    "cosine": (
+
+
+class Metric(NamedTuple):
+    """How a layer_metrics.csv column is drawn: axis label, default title, what it measures
+    (report captions) and the figure file's suffix after `<sweep>_layers`."""
+
+    label: str
+    title: str
+    what: str
+    suffix: str
+
+
+METRICS = {  # column -> its figure
+    "cosine": Metric(
         "cosine(teacher, student) of weights",
         "Teacher-student weight similarity per layer",
+        "weight cosine",
+        "",
     ),
-    "linear_cka": (
+    "linear_cka": Metric(
         "linear CKA(teacher, student)",
         "Teacher-student representational similarity per layer (linear CKA)",
+        "linear CKA of representations",
+        "_cka",
     ),
-    "rsa": ("RSA(teacher, student)", "Teacher-student representational similarity per layer (RSA)"),
+    "rsa": Metric(
+        "RSA(teacher, student)",
+        "Teacher-student representational similarity per layer (RSA)",
+        "RSA of representations",
+        "_rsa",
+    ),
 }
 MAX_PANELS = 9
 MAX_HUES = 6
@@ -138,9 +158,9 @@ def layer_similarity_figure(
     for ax in flat[len(panels) :]:
         ax.set_visible(False)
     for row in axes:
-        row[0].set_ylabel(METRICS[metric][0])
+        row[0].set_ylabel(METRICS[metric].label)
     shared_legend(fig, flat[: len(panels)])
-    fig.suptitle(title or METRICS[metric][1], fontsize=9)
+    fig.suptitle(title or METRICS[metric].title, fontsize=9)
     return fig
 
 

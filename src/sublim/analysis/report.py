@@ -22,6 +22,7 @@ from .bootstrap import DEFAULT_RESAMPLES, METHODS
 from .diagnostics import diagnostics_figures
 from .html import Section, render_html
 from .kd import kd_figure, kd_gain_figure, kd_gains, load_kd, summarize_kd
+from .layers import METRICS as LAYER_METRICS
 from .layers import layer_similarity_figure
 from .load import load, load_configs
 from .plots import PlotOptions, generic_figure, pick_x
@@ -303,17 +304,13 @@ def _layer_figures(
     drawn: list[Drawn] = []
     for sweep in sorted(runs["sweep_name"].astype(str).unique()):
         part = runs[runs["sweep_name"].astype(str) == sweep]
-        for metric, suffix, what in (
-            ("cosine", "", "weight cosine"),
-            ("linear_cka", "_cka", "linear CKA of representations"),
-            ("rsa", "_rsa", "RSA of representations"),
-        ):
+        for metric, m in LAYER_METRICS.items():
             fig = layer_similarity_figure(
-                layer_metrics, part, options.plot(), title=f"{sweep}: {what}", metric=metric
+                layer_metrics, part, options.plot(), title=f"{sweep}: {m.what}", metric=metric
             )
             if fig is not None:
-                caption = f"{sweep}: teacher-student {what} per layer"
-                drawn.append((sections[sweep], f"{_slug(sweep)}_layers{suffix}", caption, fig))
+                caption = f"{sweep}: teacher-student {m.what} per layer"
+                drawn.append((sections[sweep], f"{_slug(sweep)}_layers{m.suffix}", caption, fig))
     return drawn
 
 
