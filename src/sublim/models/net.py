@@ -205,8 +205,9 @@ class SplitHeadNet(nn.Module):
 
         On the CPU a CNN runs channels-last (oneDNN's fast layout; max pooling is ~8x faster
         in it) and a ReLU after a max pool's conv runs after the pool (they commute exactly,
-        values and gradients, on a quarter of the elements or fewer). `tap(name, output)` sees
-        every feature layer's output (after its activation and pool); it must not change it."""
+        values and gradients, on a quarter of the elements or fewer); in training a pooled conv
+        runs in row chunks (`conv_layer`). `tap(name, output)` sees every feature layer's
+        output (after its activation and pool); it must not change it."""
         flat = False
         if self._conv_first and x.device.type == "cpu":
             x = channels_last(x)
