@@ -116,7 +116,17 @@ NEW_FIELD_DEFAULTS: dict[str, Any] = {
 ONECYCLE_PLANS = ("exact", "reference")
 # fkd's teacher_layers = "auto:METRIC": the k best teacher layers by a layer-quality metric
 # (sublim.geometry.METRICS; KD_wo_CE spec 2.4), resolved by analysing the teacher (kd.autolayers)
-AUTO_METRICS = ("q", "s", "i", "e", "sqrt_ie")
+AUTO_METRICS = (
+    "q",
+    "s",
+    "i",
+    "e",
+    "sqrt_ie",
+    "q_corrected",
+    "s_corrected",
+    "i_corrected",
+    "sqrt_ie_corrected",
+)
 
 
 def auto_metric(value: Any) -> str | None:
