@@ -45,11 +45,15 @@ def plain_quality(
     norms = np.linalg.norm(f, axis=1)
     h = f / norms[:, None]
     avg_intra, min_intra, avg_inter, min_inter, class_norm = [], [], [], [], []
+    block_intra, block_min = [], []  # the reference's: the whole block, diagonal included
     for c in classes:
         idx = [n for n in range(len(y)) if y[n] == c]
         vals = [abs(h[n] @ h[m]) for i, n in enumerate(idx) for m in idx[i + 1 :]]
         avg_intra.append(np.mean(vals))
         min_intra.append(np.min(vals))
+        block = [abs(h[n] @ h[m]) for n in idx for m in idx]
+        block_intra.append(np.mean(block))
+        block_min.append(np.min(block))
         class_norm.append(np.mean(norms[idx]))
         for c2 in classes:
             if c2 != c:
@@ -83,8 +87,9 @@ def plain_quality(
         q = q / q.sum()
         q = q[q > 0]
         h_corr.append(-(q * np.log(q)).sum() / math.log(int((yb == c).sum())))
-    s_ = np.mean(avg_intra) - np.mean(avg_inter)
-    i_ = (1 - np.mean(min_intra)) * float(ent.mean()) / math.log(5)
+    s_ = np.mean(block_intra) - np.mean(avg_inter)
+    s_corr = np.mean(avg_intra) - np.mean(avg_inter)
+    i_ = (1 - np.mean(block_min)) * float(ent.mean()) / math.log(5)
     i_corr = (1 - np.mean(min_intra)) * np.mean(h_corr)
     k = (n_train / math.pi) ** (1 / min(len(f), f.shape[1]))
     e_ = k * 2 * np.mean(min_inter) / np.mean(class_norm)
@@ -93,9 +98,13 @@ def plain_quality(
         "i": i_,
         "e": e_,
         "q": s_ + math.sqrt(i_ * e_),
+        "s_corrected": s_corr,
         "i_corrected": i_corr,
+        "q_corrected": s_corr + math.sqrt(i_corr * e_),
         "ed": np.mean(ed),
         "cos_intra": np.mean(avg_intra),
+        "cos_intra_ref": np.mean(block_intra),
+        "cos_min_intra_ref": np.mean(block_min),
         "cos_inter": np.mean(avg_inter),
         "cos_min_intra": np.mean(min_intra),
         "dist_min_inter": np.mean(min_inter),

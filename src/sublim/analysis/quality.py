@@ -28,10 +28,11 @@ COLORS = {"s": "#1f77b4", "i": "#2ca02c", "e": "#ff7f0e", "q": "#d62728"}
 
 
 def top_layers(frame: pd.DataFrame, metric: str = "q", k: int = 4) -> list[int]:
-    """The k layers with the largest `metric`, ascending (ties to the shallower; NaN last): the
-    same rule as sublim.geometry.select_layers, for files read without torch."""
-    k = max(0, min(int(k), len(frame)))
-    ranked = frame.assign(_v=frame[metric].astype(float).fillna(-np.inf)).sort_values(
+    """The k layers with the largest `metric`, ascending (ties to the shallower; a NaN layer is
+    never chosen): the rule of sublim.geometry.select_layers, for files read without torch."""
+    defined = frame[frame[metric].astype(float).notna()]
+    k = max(0, min(int(k), len(defined)))
+    ranked = defined.assign(_v=defined[metric].astype(float)).sort_values(
         ["_v", "index"], ascending=[False, True], kind="stable"
     )
     return sorted(int(i) for i in ranked["index"].head(k))
@@ -76,8 +77,9 @@ def _config_beside(path: Path) -> dict[str, str]:
 
 @styled
 def quality_figure(frame: pd.DataFrame, title: str, top_k: int = 4) -> Figure:
-    """S, I, E and Q against generalized-layer index (left) and relative depth (right), the
-    top-k layers by Q marked with black crosses (the paper's automatic "Ours" choice)."""
+    """S, I, E and Q (the reference's; corrected Q dashed) against generalized-layer index (left)
+    and relative depth (right), the top-k layers by Q marked with black crosses (the paper's
+    automatic "Ours" choice)."""
     fig, axes = new_figure(PAGE_WIDTH, 2.6, ncols=2, sharey=True)
     chosen = set(top_layers(frame, "q", top_k))
     marked = frame[frame["index"].isin(chosen)]
@@ -87,6 +89,8 @@ def quality_figure(frame: pd.DataFrame, title: str, top_k: int = 4) -> Figure:
     ):
         for name in COMPONENTS:
             ax.plot(frame[x], frame[name], marker="o", color=COLORS[name], label=LABELS[name])
+        if "q_corrected" in frame:
+            ax.plot(frame[x], frame["q_corrected"], ls="--", color=COLORS["q"], label="Q corrected")
         top = f"top {len(chosen)} by Q"
         ax.scatter(marked[x], marked["q"], marker="x", s=40, color="black", zorder=5, label=top)
         ax.set_xlabel(xlabel)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..errors import ConfigError
 from .args import parse_int
@@ -36,15 +37,22 @@ def cmd_analyze(ns: argparse.Namespace) -> int:
             teacher = find_target(ns.against, dataset=target.data.dataset, data_dir=ns.data_dir)
         except ConfigError as exc:
             raise ConfigError("--against", exc.value, exc.allowed) from None
-    result = analyze(target, settings, device=ns.device, top_k=top_k)
+
+    def warn(message: str) -> None:
+        sys.stderr.write(f"sublim: warning: {target.model}: {message}\n")
+
+    result = analyze(target, settings, device=ns.device, top_k=top_k, warn=warn)
     verb = "cached" if result.cached else f"analysed in {result.seconds:.1f} s"
     rows = result.rows
     print(f"{target.model} on {target.data.dataset}: {len(rows)} layers, {verb} | {result.csv}")
-    print(f"top {min(top_k, len(rows))} by Q: {top_by(rows, 'q', top_k)}")
+    print(
+        f"top {min(top_k, len(rows))} by Q (the reference's): {top_by(rows, 'q', top_k)}; "
+        f"by corrected Q: {top_by(rows, 'q_corrected', top_k)}"
+    )
     for row in rows:
         print(
             f"{row['index']:>4}  {row['name']:<28} S {row['s']:7.4f}  I {row['i']:7.4f}  "
-            f"E {row['e']:7.4f}  Q {row['q']:7.4f}"
+            f"E {row['e']:7.4f}  Q {row['q']:7.4f}  Q corrected {row['q_corrected']:7.4f}"
         )
     if teacher is not None:
         from ..kd.cka import compare

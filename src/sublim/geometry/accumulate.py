@@ -5,18 +5,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .gram import add_gram_lower, centered_spectrum, mirror_lower
-from .quality import layer_row
+from .gram import COL_BLOCK, add_class_gram, add_gram_lower, eigvals_desc, mirror_lower
+from .quality import Grams, layer_row
 
 
 class QualityAccumulator:
     """Streams one layer's features on A (and, when B is not inside A, on B class by class).
 
     `add` takes the next rows of A for the current column slice (float32, flattened per sample);
-    once all |A| rows are in, the slice is folded into the Gram with float32 matmuls and dropped.
-    A layer wider than the memory budget comes as several slices: the Gram sums over them.
-    `b_in_a` gives B's positions inside A (its per-class spectra then come from A's Gram);
-    otherwise `add_class(c, feats)` takes all of B's class-c rows for each slice.
+    once all |A| rows are in, the slice is centred (in float64) and folded into A's centered
+    Gram with float32 matmuls, its mean's projections kept in float64, and dropped. A layer
+    wider than the memory budget comes as several slices: the Grams sum over them.
+    `b_in_a` gives B's positions inside A (its class Grams then come from A's rows); otherwise
+    `add_class(c, feats)` takes all of B's class-c rows for each slice. Class Grams are float64
+    of class-centered features, so small variances are exact whatever the features' offset.
     """
 
     def __init__(
@@ -33,7 +35,9 @@ class QualityAccumulator:
         self.dim, self.n_train, self.probe = int(dim), int(n_train), probe
         self.b_in_a = b_in_a
         self.b_labels = self.labels[b_in_a] if b_in_a is not None else b_labels
-        self.gram = torch.empty(0)  # allocated by the first fold
+        self.centered = torch.empty(0)  # allocated by the first fold
+        self.proj = torch.empty(0, dtype=torch.float64)
+        self.mean_sq = 0.0
         self._buf: Tensor | None = None
         self._rows = 0
         self._cols = 0
@@ -62,42 +66,56 @@ class QualityAccumulator:
     def _fold(self) -> None:
         buf, self._buf = self._buf, None
         assert buf is not None
-        n = buf.shape[0]
+        n, cols = buf.shape
         if self._cols == 0:
-            self.gram = torch.zeros(n, n, dtype=torch.float32)
-        add_gram_lower(self.gram, buf)
-        if buf.shape[1] == self.dim and self.dim < n:  # narrow layer: D x D covariance is cheaper
-            centered = buf - buf.mean(0, keepdim=True)
-            cov = centered.T.double() @ centered.double()
+            self.centered = torch.zeros(n, n, dtype=torch.float32)
+            self.proj = torch.zeros(n, dtype=torch.float64)
+        if self.b_in_a is not None:  # B's class Grams from the raw rows of this slice
+            assert self.b_labels is not None
+            for c in self.b_labels.unique(sorted=True).tolist():
+                pos = self.b_in_a[self.b_labels == c]
+                g = self._class_grams.setdefault(
+                    c, torch.zeros(pos.numel(), pos.numel(), dtype=torch.float64)
+                )
+                add_class_gram(g, buf[pos])
+        for lo in range(0, cols, COL_BLOCK):  # centre in float64, a column block at a time
+            x = buf[:, lo : lo + COL_BLOCK].double()
+            mean = x.mean(0)
+            x -= mean
+            self.proj += x @ mean
+            self.mean_sq += float(mean @ mean)
+            buf[:, lo : lo + COL_BLOCK] = x
+        add_gram_lower(self.centered, buf)
+        if cols == self.dim and self.dim < n:  # narrow layer: D x D covariance is cheaper
+            cov = buf.T.double() @ buf.double()
             self._variances = torch.linalg.eigvalsh(cov).flip(0).clamp_min(0)
-        self._cols += buf.shape[1]
+        self._cols += cols
         if self.complete:
-            mirror_lower(self.gram)
+            mirror_lower(self.centered)
 
     def add_class(self, c: int, feats: Tensor) -> None:
         """All of B's class-c rows for the current column slice (only when B is not inside A)."""
-        f = feats.reshape(feats.shape[0], -1).float()
-        g = self._class_grams.setdefault(c, torch.zeros(f.shape[0], f.shape[0]))
-        add_gram_lower(g, f)
+        f = feats.reshape(feats.shape[0], -1)
+        g = self._class_grams.setdefault(
+            c, torch.zeros(f.shape[0], f.shape[0], dtype=torch.float64)
+        )
+        add_class_gram(g, f)
         self._class_cols[c] = self._class_cols.get(c, 0) + f.shape[1]
         if self._class_cols[c] == self.dim:
-            del self._class_grams[c]
-            self.spectra[c] = centered_spectrum(mirror_lower(g), min(f.shape[0], self.dim))
+            self.spectra[c] = eigvals_desc(self._class_grams.pop(c), min(f.shape[0], self.dim))
 
     def result(self) -> dict[str, float]:
-        """The layer's row of metrics; frees the Gram."""
+        """The layer's row of metrics; frees the Grams."""
         if not self.complete:
             raise RuntimeError(f"layer has {self._cols} of {self.dim} columns")
-        classes = self.labels.unique(sorted=True).tolist()
-        if self.b_in_a is not None:
-            for c in classes:
-                pos = self.b_in_a[self.b_labels == c]
-                self.spectra[c] = centered_spectrum(
-                    self.gram[pos][:, pos], min(pos.numel(), self.dim)
-                )
+        assert self.b_labels is not None
+        classes = self.b_labels.unique(sorted=True).tolist()
+        for c in list(self._class_grams):
+            g = self._class_grams.pop(c)
+            self.spectra[c] = eigvals_desc(g, min(g.shape[0], self.dim))
         per_class = [int((self.b_labels == c).sum()) for c in classes]
         row = layer_row(
-            self.gram,
+            Grams(self.centered, self.proj, self.mean_sq),
             self.labels,
             [self.spectra[c] for c in classes],
             per_class,
@@ -106,5 +124,5 @@ class QualityAccumulator:
             variances=self._variances,
             probe=self.probe,
         )
-        self.gram = torch.empty(0)
+        self.centered = torch.empty(0)
         return row

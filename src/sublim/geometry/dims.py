@@ -12,9 +12,12 @@ TWONN_DISCARD = 0.1  # fraction of the largest mu ratios left out of the TwoNN f
 PROBE_STEPS = 200
 
 
-def pca_dims(variances: Tensor, thresholds: tuple[float, ...] = (0.9, 0.95)) -> list[int]:
-    """Number of leading principal axes explaining each fraction of the total variance."""
+def pca_dims(variances: Tensor, thresholds: tuple[float, ...] = (0.9, 0.95)) -> list[float]:
+    """Number of leading principal axes explaining each fraction of the total variance (NaN
+    when there is no variance)."""
     v = variances.double().clamp_min(0).sort(descending=True).values
+    if not float(v.sum()) > 0:
+        return [math.nan for _ in thresholds]
     cum = v.cumsum(0) / v.sum()
     return [min(int((cum < t).sum()) + 1, v.numel()) for t in thresholds]
 
@@ -29,6 +32,11 @@ def twonn(gram: Tensor, discard: float = TWONN_DISCARD) -> float:
     on a Huber loss without discarding.
     """
     norms = gram.diagonal().clamp_min(0).sqrt()
+    live = norms > 0  # a zero vector has no direction
+    if int(live.sum()) < 3:
+        return math.nan
+    if not bool(live.all()):
+        gram, norms = gram[live][:, live], norms[live]
     d2 = gram.div(norms[:, None]).div_(norms[None, :]).mul_(-2.0).add_(2.0)
     d2.fill_diagonal_(math.inf)
     near = torch.topk(d2, 2, dim=1, largest=False).values.double().clamp_min(0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -11,9 +12,19 @@ from torch import Tensor
 from ..errors import ConfigError
 from .accumulate import QualityAccumulator
 from .plan import DEFAULT_BUDGET, Slice, plan_passes
+from .quality import undefined
 from .sampling import balanced_subsets
 
 FeaturesFn = Callable[[Tensor, list[int]], dict[int, Tensor]]
+Warn = Callable[[str], None]
+
+
+class QualityWarning(UserWarning):
+    """A layer whose knowledge quality is undefined (a dead or constant layer): NaN columns."""
+
+
+def _default_warn(message: str) -> None:
+    warnings.warn(message, QualityWarning, stacklevel=3)
 
 
 def _flat(out: dict[int, Tensor], s: Slice) -> Tensor:
@@ -35,6 +46,7 @@ def layer_quality(
     per_class_a: int | None = None,
     per_class_b: int | None = None,
     timings: dict[str, float] | None = None,
+    warn: Warn | None = None,
 ) -> list[dict[str, float]]:
     """Knowledge quality and geometry of each layer in `layers`, one dict per layer (ascending).
 
@@ -44,7 +56,9 @@ def layer_quality(
     stop_after=max(ls))[0]`. Sets A and B come from `balanced_subsets(labels, num_classes, seed)`;
     n_train (the K of E) defaults to len(labels). Layers are grouped into passes holding at most
     `budget_bytes` of features; B's class spectra come from A's Gram when B lies inside A, else
-    from a class-by-class pass. `timings`, when given, receives seconds per phase.
+    from a class-by-class pass. `timings`, when given, receives seconds per phase. A layer whose
+    S, I, E or Q is undefined (zero vectors, no variance) keeps NaN there and is reported through
+    `warn` (default: a QualityWarning); the other layers are unaffected.
     """
     clock = _Clock(timings)
     labels = torch.as_tensor(labels).reshape(-1).long()
@@ -97,6 +111,12 @@ def layer_quality(
                 rows[layer].update(
                     layer=layer, dim=dims[layer], n_a=a.numel(), n_b=b.numel(), seed=seed
                 )
+                nan = undefined(rows[layer])
+                if nan:
+                    (warn or _default_warn)(
+                        f"layer {layer}: {', '.join(nan)} undefined (NaN): "
+                        f"{_why(rows[layer])}; it is never chosen by auto layers"
+                    )
         clock.lap("stats")
     return [rows[layer] for layer in layers]
 
@@ -129,6 +149,14 @@ def _class_pass(
                 del out
             for s in group:
                 accs[s.layer].add_class(c, torch.cat(parts.pop(s)))
+
+
+def _why(row: dict[str, float]) -> str:
+    if not row["norm_mean"] > 0:
+        return "its features are all zero"
+    if row["degenerate_classes"]:
+        return f"{int(row['degenerate_classes'])} classes have no within-class variance"
+    return "a zero feature vector or a one-sample class"
 
 
 class _Clock:

@@ -10,6 +10,7 @@ from torch import Tensor
 
 ROW_BLOCK = 512
 EIG_FLOAT64_MAX = 2048
+COL_BLOCK = 2048  # columns converted to float64 at a time
 
 
 def add_gram_lower(gram: Tensor, feats: Tensor, block: int = ROW_BLOCK) -> None:
@@ -47,19 +48,33 @@ def center_gram(g: Tensor) -> Tensor:
     return out
 
 
-def centered_spectrum(g: Tensor, rank: int) -> Tensor:
-    """Variances along the principal axes (descending, `rank` values, float64) of the samples whose
-    uncentered Gram is `g`: the squared singular values of the centered feature matrix.
+def eigvals_desc(centered: Tensor, rank: int) -> Tensor:
+    """The `rank` largest eigenvalues (descending, float64, >= 0) of a centered Gram: the
+    variances along the principal axes of the samples.
 
     Up to EIG_FLOAT64_MAX samples in float64; above, in float32 and on one thread: LAPACK's
     tridiagonal reduction is memory-bound, and on 2 shared cores two threads ran 3x slower.
     """
-    if g.shape[-1] <= EIG_FLOAT64_MAX:
-        ev = torch.linalg.eigvalsh(center_gram(g.double()))
+    if centered.shape[-1] <= EIG_FLOAT64_MAX:
+        ev = torch.linalg.eigvalsh(centered.double())
     else:
         with _one_thread():
-            ev = torch.linalg.eigvalsh(center_gram(g.float()))
+            ev = torch.linalg.eigvalsh(centered.float())
     return ev.flip(0)[:rank].double().clamp_min(0.0)
+
+
+def add_class_gram(gram64: Tensor, feats: Tensor, block: int = COL_BLOCK) -> None:
+    """gram64 += X_c X_c^T in float64, X_c = `feats` minus its row mean (column by column).
+
+    Centering and products in float64, a column block at a time (so memory stays near the
+    float32 input): the small and null variances of a class stay exact to float64 rounding
+    whatever the features' common offset, as the reference's float32 SVD of centered
+    features has them (its last ratios are ~1e-15, not float32 Gram noise of ~1e-7).
+    """
+    for lo in range(0, feats.shape[1], block):
+        x = feats[:, lo : lo + block].double()
+        x -= x.mean(0, keepdim=True)
+        gram64.addmm_(x, x.T)
 
 
 @contextmanager

@@ -31,9 +31,26 @@ from .config import KD_DATASETS, KDConfig
 from .experiment import Experiment
 
 CSV_NAME, KEY_NAME, PNG_NAME = "layer_quality.csv", "layer_quality.json", "layer_quality.png"
-VERSION = 1  # bump when the metrics change, so cached analyses are recomputed
+# bump when the metrics change, so cached analyses are recomputed (2: the reference's S, float64
+# class spectra of centered features, corrected columns, TinyImageNet CNN set B)
+VERSION = 2
 LEAD = ("index", "name", "shape", "rel_depth", "model", "dataset")
-FIRST_METRICS = ("s", "i", "e", "q", "sqrt_ie", "i_corrected", "q_corrected")
+FIRST_METRICS = (
+    "s",
+    "i",
+    "e",
+    "q",
+    "sqrt_ie",
+    "s_corrected",
+    "i_corrected",
+    "q_corrected",
+    "sqrt_ie_corrected",
+)
+TRANSFORMERS = ("vit_b", "vit_ett")
+# TinyImageNet with a CNN: the reference extracts features of a class-stratified 10 % of the
+# training set only (Trainer.GenPerLayerFeatures: GetRandomSubset(10000), 50 per class), so its
+# B = min(500, 10000 // 200) = 50 per class; A = 25 per class as everywhere (5000 // 200).
+TINY_CNN_POOL = 10_000
 TEXT_COLUMNS = ("name", "shape", "model", "dataset")
 
 
@@ -44,7 +61,7 @@ class Settings:
     seed: int = 0
     probe: bool = False
     per_class_a: int | None = None  # None: floor(5000 / C), the spec's |A|
-    per_class_b: int | None = None  # None: min(500, floor(N / C))
+    per_class_b: int | None = None  # None: min(500, floor(N / C)) (TinyImageNet CNNs: 50)
     limit: int | None = None  # training images used (None: the experiment's train_limit)
 
 
@@ -129,6 +146,14 @@ def find_target(
         device="cpu",
     )
     return Target(str(model), data, weights, identity, folder)
+
+
+def default_per_class_b(model: str, dataset: str, num_classes: int) -> int | None:
+    """The reference's |B| per class where it differs from min(500, N / C): 50 for TinyImageNet
+    with a CNN (its feature pool is 10,000 images); None elsewhere (the general rule)."""
+    if dataset == "tinyimagenet" and model not in TRANSFORMERS:
+        return min(500, TINY_CNN_POOL // num_classes)
+    return None
 
 
 def _digest(path: Path) -> str:
@@ -227,8 +252,10 @@ def analyze(
     device: str = "cpu",
     top_k: int = 4,
     draw: bool = True,
+    warn: Callable[[str], None] | None = None,
 ) -> Analysis:
-    """Every generalized layer's row (cached by `cache_key`), the CSV, sidecar and figure."""
+    """Every generalized layer's row (cached by `cache_key`), the CSV, sidecar and figure;
+    `warn` hears of layers with undefined (NaN) quality (default: a Python warning)."""
     csv_path, png_path = target.out_dir / CSV_NAME, target.out_dir / PNG_NAME
     start = time.perf_counter()
     rows = cached(target, settings)
@@ -253,7 +280,10 @@ def analyze(
         seed=settings.seed,
         linear_probe=settings.probe,
         per_class_a=settings.per_class_a,
-        per_class_b=settings.per_class_b,
+        per_class_b=settings.per_class_b
+        if settings.per_class_b is not None
+        else default_per_class_b(target.model, target.data.dataset, target.data.num_classes),
+        warn=warn,
     )
     rows = []
     for g, m in zip(table, metrics, strict=True):
@@ -276,10 +306,11 @@ def analyze(
 
 
 def top_by(rows: list[dict[str, Any]], metric: str, k: int) -> list[int]:
-    """The k best layers by `metric` (q, s, i, e, sqrt_ie), ascending (geometry.select_layers)."""
+    """The k best layers by `metric` (geometry.METRICS), ascending (geometry.select_layers)."""
     from ..geometry import select_layers
 
-    return select_layers(rows, metric, max(1, min(k, len(rows))))
+    defined = sum(1 for r in rows if not math.isnan(float(r[metric])))
+    return select_layers(rows, metric, min(k, defined)) if defined else []
 
 
 def write_rows(rows: list[dict[str, Any]]) -> str:
