@@ -26,7 +26,9 @@ COLUMNS = (
     "i",
     "e",
     "q",
+    "s_corrected",
     "i_corrected",
+    "q_corrected",
     "ed",
     "pca90",
     "pca95",
@@ -109,6 +111,7 @@ def main() -> None:
             f"{r['layer']:>5} {r['dim']:>6} " + " ".join(f"{r[c]:>11.4g}" for c in COLUMNS) + extra
         )
     print("auto:q k=4 ->", select_layers(rows, "q", 4))
+    print("auto:q_corrected k=4 ->", select_layers(rows, "q_corrected", 4))
     fold = timings.get("forward_gram", 0.0) - forward_s[0]
     print(
         f"time: total {total:.1f} s = setup {timings.get('setup', 0):.1f} + model forward "
