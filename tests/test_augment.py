@@ -31,6 +31,8 @@ def test_parse_and_canonical_form() -> None:
         "translate": 0,
         "crop": 2,
         "hflip": 0,
+        "batch": 0,
+        "meanfill": 0,
     }
     assert canonical("crop=2,rotate=60.0") == canonical("rotate=60,crop=2") == "crop=2,rotate=60"
     assert canonical("") == canonical("none") == canonical("rotate=0") == ""

@@ -3,6 +3,13 @@
 rotate: maximum angle in degrees (uniform in [-a, a]); translate: maximum shift as a fraction of
 the image size (uniform, independently in x and y); crop: random crop with zero padding of this
 many pixels, i.e. an integer shift in [-p, p] in x and y; hflip: probability of a horizontal flip.
+
+Two switches (0 or 1, default 0) change how those transforms are applied:
+batch=1 draws one set of parameters per batch, shared by all its images (as the KD_wo_CE reference,
+which applies torchvision's RandomCrop and RandomHorizontalFlip to a whole batch tensor; default:
+one draw per image); meanfill=1 fills the areas moved in from outside with 0 in normalised space,
+i.e. the dataset's mean colour, as the reference's padding does (default: black).
+`crop=4,hflip=0.5,batch=1,meanfill=1` is the reference's augmentation.
 """
 
 from __future__ import annotations
@@ -18,7 +25,12 @@ KEYS: dict[str, tuple[type, float, float]] = {
     "translate": (float, 0.0, 1.0),
     "crop": (int, 0, 1_000_000),
     "hflip": (float, 0.0, 1.0),
+    "batch": (int, 0, 1),
+    "meanfill": (int, 0, 1),
 }
+TRANSFORMS = ("rotate", "translate", "crop", "hflip")
+# the transforms that move areas in from outside the image, so that the fill shows
+MOVING = ("rotate", "translate", "crop")
 
 
 def parse_augment(text: str) -> dict[str, float]:
@@ -35,17 +47,27 @@ def parse_augment(text: str) -> dict[str, float]:
                 FLAG, text, f"expected key=value pairs with keys {', '.join(KEYS)}, e.g. rotate=60"
             )
         kind, low, high = KEYS[key]
+        allowed = "0 or 1" if (kind, low, high) == (int, 0, 1) else f"{low:g}..{high:g}"
         try:
             value = kind(raw.strip())
         except ValueError:
-            raise ConfigError(FLAG, text, f"{key}: expected a {kind.__name__}") from None
+            expected = allowed if allowed == "0 or 1" else f"a {kind.__name__}"
+            raise ConfigError(FLAG, text, f"{key}: expected {expected}") from None
         if not math.isfinite(value) or not low <= value <= high:
-            raise ConfigError(FLAG, text, f"{key}: expected {low:g}..{high:g}")
+            raise ConfigError(FLAG, text, f"{key}: expected {allowed}")
         out[key] = value
     return out
 
 
 def canonical(text: str) -> str:
-    """A normal form (sorted keys, non-zero values only), so equal settings hash the same."""
+    """A normal form (sorted keys, non-zero values only), so equal settings hash the same.
+
+    A switch that changes nothing is left out: batch= without any transform, meanfill= without
+    one that moves areas in from outside (rotate, translate, crop).
+    """
     values = parse_augment(text)
+    if not any(values[k] for k in TRANSFORMS):
+        values["batch"] = 0
+    if not any(values[k] for k in MOVING):
+        values["meanfill"] = 0
     return ",".join(f"{k}={values[k]:g}" for k in sorted(values) if values[k])
