@@ -199,7 +199,8 @@ def test_separate_head_cuts_after_the_last_student_layer() -> None:
         ({"student_layers": [0, 1], "teacher_layers": [0]}, "one2one needs one teacher layer"),
         ({"student_layers": [0], "teacher_layers": [0], "mapping": "star"}, "one2one, full"),
         ({"student_layers": [0], "teacher_layers": [0], "projector": "mlp"}, "conv1x1, embed"),
-        ({"student_layers": "0", "teacher_layers": [0]}, "a non-empty list"),
+        ({"student_layers": "0", "teacher_layers": [0]}, "expects a list of integers"),
+        ({"student_layers": [], "teacher_layers": [0]}, "a non-empty list"),
         ({"teacher_layers": [0]}, "list the generalized layers"),
     ],
 )

@@ -55,7 +55,8 @@ PRETRAINED_FILES = {
 }
 POS_LAYOUTS = ("torchvision", "reference")
 # The names kd.models and kd.losses register (they check at import that they match), so that
-# validating a config needs neither torch nor the model code.
+# validating a config needs neither torch nor the model code (method parameters, when a config
+# has any, are checked against their declarations in kd.losses.registry).
 MODEL_NAMES = (
     "resnet8",
     "resnet14",
@@ -301,6 +302,11 @@ class KDConfig:
             raise ConfigError("--milestones", self.milestones, "expected epochs >= 1")
         if not isinstance(self.method_params, dict):
             raise ConfigError("--method-params", self.method_params, "expected a JSON object")
+        if self.role == "student" and self.method_params:
+            # every parameter against its declaration (the method's __init__ annotations)
+            from .losses.registry import check_method_params  # torch: only with parameters
+
+            check_method_params(self.method, self.method_params)
         if self.method == "fkd":
             auto_metric(self.method_params.get("teacher_layers"))
         if self.init_epochs is not None:

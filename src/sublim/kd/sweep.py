@@ -82,6 +82,7 @@ TOP_KEYS = (
     "track",
 )
 PAIR_KEYS = ("teacher", "student", "params")
+LAYER_KEYS = ("teacher_layers", "student_layers")  # may be "@name" lists of [layers.MODEL]
 OWNED = ("role", "seed", "outdir", "teacher_checkpoint_path", "model", "teacher")
 FIELDS = tuple(f.name for f in fields(KDConfig))
 
@@ -283,21 +284,30 @@ def _method_params(table: Any, where: str) -> dict[str, dict[str, Any]]:
         raise SpecError(f"{where}: expected a table of methods, e.g. params.dkd = {{ beta = 2.0 }}")
     if not table:
         return {}
-    from .losses import METHODS, _parameters  # imports torch: only when a spec has params
+    from .losses import check_method_params, parameter_names  # torch: only with params
 
     for method, values in table.items():
         if method not in METHOD_NAMES:
             raise SpecError(f"{where}: {method}: not a method; allowed: {', '.join(METHOD_NAMES)}")
         if not isinstance(values, dict):
             raise SpecError(f"{where}.{method}: expected a table of parameters")
-        allowed = _parameters(METHODS[method])
+        allowed = parameter_names(method)
         for key in values:
             if key not in allowed:
                 raise SpecError(
                     f"{where}.{method}: {key}: not a parameter of {method!r}; allowed: "
                     f"{', '.join(allowed)}"
                 )
+        try:  # "@name" layer lists are checked once resolved, in each experiment's config
+            check_method_params(method, {k: v for k, v in values.items() if not _layer_ref(k, v)})
+        except UserError as exc:
+            raise SpecError(f"{where}.{method}: {exc}") from None
     return table
+
+
+def _layer_ref(key: str, value: Any) -> bool:
+    """Whether a parameter is an "@name" reference to a `[layers.MODEL]` list."""
+    return key in LAYER_KEYS and isinstance(value, str) and value.startswith("@")
 
 
 _STUDENT_ONLY = ("method", "method_params", "alpha", "init_epochs", "ce_weight", "label")
@@ -347,9 +357,9 @@ def _resolve_layers(
 ) -> dict[str, Any]:
     """Method parameters with "@name" layer lists replaced by the model's (and dataset's) list."""
     out = dict(params)
-    for key, model in (("teacher_layers", teacher), ("student_layers", student)):
+    for key, model in zip(LAYER_KEYS, (teacher, student), strict=True):
         ref = out.get(key)
-        if not (isinstance(ref, str) and ref.startswith("@")):
+        if not _layer_ref(key, ref):
             continue
         value = lists.get(model, {}).get(ref[1:])
         if isinstance(value, dict):

@@ -25,7 +25,6 @@ Conventions shared by every method:
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 
 import torch
@@ -36,6 +35,13 @@ from .base import Distiller, DistillerConfigError, Shapes, Taps
 from .features import AT, FT, ConvReg, FitNets, Paraphraser, attention_map
 from .layers import STANDARD_LAYERS, FeatureKD, cosine_matrix, layer_tap
 from .logits import DKD, KD, LogitStd, zscore
+from .registry import (
+    METHODS,
+    check_method_params,
+    create_distiller,
+    explicit_params,
+    parameter_names,
+)
 from .relations import NST, RKD, SP, pairwise_distances, similarity_matrix, triplet_cosines
 from .simkd import SimKD
 
@@ -62,61 +68,24 @@ __all__ = [
     "SimKD",
     "Taps",
     "attention_map",
+    "check_method_params",
     "combine",
     "create_distiller",
     "explicit_params",
     "pairwise_distances",
+    "parameter_names",
     "similarity_matrix",
     "triplet_cosines",
     "zscore",
 ]
 
-# ---------------------------------------------------------------------------------------------
-# Registry and combination
-# ---------------------------------------------------------------------------------------------
-
-METHODS: dict[str, type[Distiller]] = {
-    cls.name: cls for cls in (KD, LogitStd, FitNets, AT, FT, RKD, NST, SP, DKD, SimKD, FeatureKD)
-}
-if tuple(METHODS) != METHOD_NAMES:  # the config validates names without importing this package
+# kd.config checks method names without importing torch; its parameters come from .registry
+if tuple(METHODS) != METHOD_NAMES:
     raise ImportError("kd.losses.METHODS and kd.config.METHOD_NAMES disagree")
 
-
-def explicit_params(method: str, params: Mapping[str, object]) -> dict[str, object]:
-    """`params` without those equal to the method's defaults, so that spelling a default out
-    does not make a second experiment (the CLI and sweep specs pass configs through this)."""
-    cls = METHODS.get(method)
-    if cls is None:
-        return dict(params)
-    defaults = {
-        n: p.default
-        for n, p in inspect.signature(cls.__init__).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
-    return {k: v for k, v in params.items() if k not in defaults or defaults[k] != v}
-
-
-def _parameters(cls: type[Distiller]) -> list[str]:
-    """The keyword parameters a method accepts (everything after the two shape mappings)."""
-    params = inspect.signature(cls.__init__).parameters
-    return [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
-
-
-def create_distiller(name: str, s_shapes: Shapes, t_shapes: Shapes, **params: object) -> Distiller:
-    """Build the registered method `name` for models with these per-sample tap shapes.
-
-    ValueError (a DistillerConfigError) for an unknown method, an unknown parameter, a missing
-    tap or a tap of the wrong rank, naming what is wrong and what is allowed."""
-    if name not in METHODS:
-        raise DistillerConfigError("method", name, f"one of {', '.join(sorted(METHODS))}")
-    cls = METHODS[name]
-    allowed = _parameters(cls)
-    for key in params:
-        if key not in allowed:
-            raise DistillerConfigError(
-                key, params[key], f"not a parameter of {name!r}; allowed: {', '.join(allowed)}"
-            )
-    return cls(s_shapes, t_shapes, **params)
+# ---------------------------------------------------------------------------------------------
+# Combination
+# ---------------------------------------------------------------------------------------------
 
 
 def combine(

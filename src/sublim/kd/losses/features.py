@@ -4,6 +4,7 @@ attention transfer (Zagoruyko & Komodakis 2017), factor transfer (Kim et al. 201
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -217,7 +218,8 @@ def _factor(x: Tensor) -> Tensor:
     return F.normalize(x.flatten(1))
 
 
-FT_FORMULAS = ("repdistiller", "authors")
+FTFormula = Literal["repdistiller", "authors"]
+FT_FORMULAS: tuple[str, ...] = get_args(FTFormula)
 
 
 class FT(Distiller):
@@ -262,7 +264,7 @@ class FT(Distiller):
         rate: float = 0.5,
         paraphraser_bn: bool = False,
         translator_bn: bool = True,
-        formula: str = "repdistiller",
+        formula: FTFormula = "repdistiller",
         paraphraser_lr: float | None = 0.01,
         weight: float | None = None,
     ) -> None:

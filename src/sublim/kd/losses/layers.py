@@ -35,6 +35,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Sequence
+from typing import Annotated, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -43,12 +44,23 @@ from torch import Tensor, nn
 from .base import Distiller, DistillerConfigError, Shapes, Taps, _kl_softened, _positive, _tap
 from .logits import zscore
 
-MAPPINGS = ("one2one", "full", "attention")
-PROJECTORS = ("conv1x1", "embed")
-RELATIONS = ("mse", "sp")
-LOGIT_LOSSES = ("none", "kd", "kd_std")
-CLASSIFIERS = ("student", "teacher_tail")
-TAIL_STARTS = ("after", "at")
+# The parameters' allowed names: declared once as the annotations' Literal types (which
+# kd.losses.registry checks user input against), with the tuples derived from them.
+LayerMapping = Literal["one2one", "full", "attention"]
+Projector = Literal["conv1x1", "embed"]
+Relation = Literal["mse", "sp"]
+LogitLoss = Literal["none", "kd", "kd_std"]
+Classifier = Literal["student", "teacher_tail"]
+TailStart = Literal["after", "at"]
+MAPPINGS: tuple[str, ...] = get_args(LayerMapping)
+PROJECTORS: tuple[str, ...] = get_args(Projector)
+RELATIONS: tuple[str, ...] = get_args(Relation)
+LOGIT_LOSSES: tuple[str, ...] = get_args(LogitLoss)
+CLASSIFIERS: tuple[str, ...] = get_args(Classifier)
+TAIL_STARTS: tuple[str, ...] = get_args(TailStart)
+# teacher_layers may also name a layer-quality metric, resolved by analysing the teacher before
+# the distiller is built (kd.config.auto_metric checks the metric, kd.autolayers resolves it)
+AutoLayers = Annotated[str, "auto:METRIC (e.g. auto:q)"]
 _LAYER = re.compile(r"^L(\d+)$")
 
 # The paper's standard layer lists (its configs' StudentLayers / baseline TeacherLayers, spec
@@ -198,20 +210,20 @@ class FeatureKD(Distiller):
         t_shapes: Shapes,
         *,
         student_layers: Sequence[int] | None = None,
-        teacher_layers: Sequence[int] | None = None,
-        mapping: str = "one2one",
-        projector: str = "conv1x1",
-        relation: str = "mse",
+        teacher_layers: Sequence[int] | AutoLayers | None = None,
+        mapping: LayerMapping = "one2one",
+        projector: Projector = "conv1x1",
+        relation: Relation = "mse",
         separate_head: bool = False,
-        logit_loss: str = "none",
+        logit_loss: LogitLoss = "none",
         temperature: float = 4.0,
         logit_weight: float = 1.0,
         zscore_eps: float = 1e-6,
         attention_dims: Sequence[int] = (256, 128),
         batch_size: int = 128,
         sp_first_row_only: bool = False,
-        classifier: str = "student",
-        tail_start: str = "after",
+        classifier: Classifier = "student",
+        tail_start: TailStart = "after",
         weight: float | None = None,
     ) -> None:
         super().__init__(s_shapes, t_shapes, weight=weight)
