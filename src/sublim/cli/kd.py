@@ -291,7 +291,7 @@ def config_from_args(ns: argparse.Namespace) -> Any:
 
 def cmd_kd(ns: argparse.Namespace) -> int:
     """Run one experiment (validating everything, including the method, before any data)."""
-    from ..kd.runner import prepare_check, resolve_teacher, run_experiment
+    from ..kd.runner import check_inputs, prepare_check, resolve_teacher, run_experiment
 
     if ns.kd_command is None:
         raise UserError(
@@ -306,8 +306,10 @@ def cmd_kd(ns: argparse.Namespace) -> int:
         from .kd_analyze import cmd_analyze
 
         return cmd_analyze(ns)
-    config = resolve_teacher(config_from_args(ns))
+    config = config_from_args(ns)
     targets = track_targets(ns)
+    check_inputs(config)  # everything the user wrote, before looking for a teacher or data
+    config = resolve_teacher(config)
     prepare_check(config)
     progress = not ns.quiet and sys.stderr.isatty()
     result = run_experiment(config, progress=progress, track=_track(targets, config.outdir, "kd"))

@@ -155,6 +155,22 @@ def load_teacher_weights(config: KDConfig) -> dict[str, torch.Tensor]:
     return data["weights"]
 
 
+def check_inputs(config: KDConfig) -> None:
+    """Everything the user wrote, before any teacher, data, checkpoint or download is looked
+    for: the device, and the method with its parameters and layers against both models'
+    tables (`prepare_check` without the teacher's or pretrained weights). KDConfig has checked
+    the flags and each parameter's type already."""
+    if config.device != "auto":
+        try:
+            torch.device(config.device)
+        except RuntimeError:
+            raise ConfigError(
+                "--device", config.device, "expected auto, cpu, cuda or cuda:N"
+            ) from None
+        resolve_device(config.device)
+    prepare_check(config, teacher=False, pretrained=False)
+
+
 def prepare_check(config: KDConfig, teacher: bool = True, pretrained: bool = True) -> None:
     """Everything that can be wrong before any data is read: pretrained ImageNet weights
     (downloaded first for "auto"; skipped with `pretrained=False`), the teacher's weights (unless
@@ -178,7 +194,7 @@ def prepare_check(config: KDConfig, teacher: bool = True, pretrained: bool = Tru
     from .losses import create_distiller
     from .losses.base import DistillerConfigError
     from .losses.layers import gen_layer_count
-    from .train import method_params, named_model_shapes
+    from .train import method_params, named_model_shapes, on_meta
 
     shape = config.input_shape
     s_shapes = named_model_shapes(config.model, config.num_classes, shape)
@@ -189,7 +205,7 @@ def prepare_check(config: KDConfig, teacher: bool = True, pretrained: bool = Tru
         k = len(params["student_layers"]) if isinstance(params.get("student_layers"), list) else 1
         n = gen_layer_count(t_shapes)
         params["teacher_layers"] = list(range(max(n - k, 0), n))
-    with torch.device("meta"):
+    with on_meta():
         try:
             create_distiller(config.method, s_shapes, t_shapes, **params)
         except DistillerConfigError as exc:
@@ -211,6 +227,8 @@ def run_experiment(
     `track` (a sublim.tracking.TrackSpec, not part of the config: it does not change results)
     logs every epoch to one tracked run per backend, continued when the experiment resumes."""
     tune_allocator()  # no page-fault storm from freed conv buffers (sublim.engine.alloc)
+    if config.role == "student" and config.teacher_hash is None:  # not checked by a sweep plan
+        check_inputs(config)
     config = resolve_teacher(config)
     exp = Experiment(config)
     status = exp.status()

@@ -105,19 +105,21 @@ _FORWARD_FLOPS: dict[tuple[str, int, int], float] = {}
 
 
 def forward_flops(model: str, num_classes: int, image_size: int) -> float:
-    """Floating-point operations of one image's forward pass (counted on the meta device)."""
+    """Floating-point operations of one image's forward pass in training mode, counted on a
+    zero-weight CPU model (`kd.train.blank_model`; attention as plain matmuls, so it is counted)."""
     key = (model, num_classes, image_size)
     if key not in _FORWARD_FLOPS:
         import torch
+        from torch.nn.attention import SDPBackend, sdpa_kernel
         from torch.utils.flop_counter import FlopCounterMode
 
-        from .models import create_model
+        from .train import blank_model, one_thread
 
-        with torch.device("meta"):
-            net = create_model(model, num_classes, image_size=image_size)
-            x = torch.zeros(1, 3, image_size, image_size)
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            net(x)
+        net = blank_model(model, num_classes, image_size).train()  # no inference fast paths
+        x = torch.zeros(1, 3, image_size, image_size)
+        with FlopCounterMode(display=False) as counter, torch.no_grad(), one_thread():
+            with sdpa_kernel(SDPBackend.MATH):
+                net(x)
         _FORWARD_FLOPS[key] = float(counter.get_total_flops())
     return _FORWARD_FLOPS[key]
 

@@ -9,15 +9,17 @@ CPU). This module computes; the `sink` it is given (kd.runner's experiment) writ
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
 from .. import seeds
@@ -43,13 +45,84 @@ def model_shapes(model: TapNet, in_shape: tuple[int, int, int]) -> TapShapes:
     return TapShapes(shapes, getattr(model, "feature_taps", ()))
 
 
+class _NoMetaInit(TorchFunctionMode):
+    """Skips the initialisations of tensors on the meta device (torch.nn.init, random fills):
+    they have no values to set, and a meta-device random op first imports torch._dynamo (seconds
+    on a small CPU)."""
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        target = args[0] if args else kwargs.get("tensor")
+        if isinstance(target, torch.Tensor) and target.is_meta:
+            name = getattr(func, "__name__", "")
+            if getattr(func, "__module__", "") == "torch.nn.init" or name in _RANDOM_FILLS:
+                return target
+        return func(*args, **kwargs)
+
+
+_RANDOM_FILLS = frozenset({"normal_", "uniform_", "random_", "exponential_", "bernoulli_"})
+
+
+@contextlib.contextmanager
+def on_meta() -> Iterator[None]:
+    """Modules built inside are on the meta device and left uninitialised (see `_NoMetaInit`):
+    for checking that they can be built, cheaply."""
+    with torch.device("meta"), _NoMetaInit():
+        yield
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch on one thread inside (restored after): for one small image, more threads only add
+    synchronisation, and cost seconds when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def blank_model(name: str, num_classes: int, image_size: int) -> TapNet:
+    """Model `name` with zero weights on the CPU, in eval mode, for shapes and operation counts
+    only: built without drawing initial values (the global RNG untouched), every tensor a view of
+    one shared block of zeros (cache-sized; never train it), so that it costs milliseconds.
+    Zeros are assigned rather than `to_empty` used: meta-device ops import sympy (seconds)."""
+    with on_meta():
+        model = create_model(name, num_classes, image_size=image_size)
+    state = model.state_dict()
+    sizes: dict[torch.dtype, int] = {}
+    for t in state.values():
+        sizes[t.dtype] = max(sizes.get(t.dtype, 0), t.numel())
+    blocks = {dtype: torch.zeros(n, dtype=dtype) for dtype, n in sizes.items()}
+    zeros = {k: blocks[t.dtype][: t.numel()].view(t.shape) for k, t in state.items()}
+    model.load_state_dict(zeros, assign=True)
+    left = [k for k, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if left:
+        raise RuntimeError(f"{name}: tensors outside its state dict stay on meta: {left}")
+    return model.eval()
+
+
 @functools.lru_cache(maxsize=64)
 def named_model_shapes(name: str, num_classes: int, in_shape: tuple[int, int, int]) -> TapShapes:
-    """`model_shapes` of model `name`, built once on the meta device (validation of many
-    configs, e.g. a sweep's, costs one forward per model). Do not mutate the result."""
-    with torch.device("meta"):
-        model = create_model(name, num_classes, image_size=in_shape[1])
-    return model_shapes(model, in_shape)
+    """`model_shapes` of model `name`, measured once per process for validating configs (a
+    sweep's too). Do not mutate the result.
+
+    One forward of a `blank_model` on one blank image records the taps and, through
+    `_forward_all`'s walk, the generalized layers: tens of milliseconds, where a first forward
+    on the meta device costs seconds of setup."""
+    model = blank_model(name, num_classes, in_shape[1])
+    layers: list[tuple[int, ...]] = []
+
+    def walk(x: torch.Tensor, _name: str) -> torch.Tensor:
+        layers.append(tuple(x.shape[1:]))
+        return x
+
+    with torch.no_grad(), one_thread():
+        out = model._forward_all(torch.zeros((1, *in_shape)), walk)
+    shapes = {k: tuple(v.shape[1:]) for k, v in out.items()}
+    shapes.update({layer_tap(i): shape for i, shape in enumerate(layers)})
+    return TapShapes(shapes, model.feature_taps)
 
 
 def method_params(config: KDConfig) -> dict[str, Any]:
