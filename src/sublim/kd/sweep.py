@@ -379,11 +379,11 @@ def _resolve_layers(
 def _build(where: str, **kw: Any) -> KDConfig:
     if isinstance(kw.get("milestones"), list):
         kw["milestones"] = tuple(kw["milestones"])
-    if isinstance(kw.get("method_params"), dict):
-        from .losses import explicit_params
-
-        kw["method_params"] = explicit_params(str(kw.get("method")), kw["method_params"])
     try:
+        if isinstance(kw.get("method_params"), dict):
+            from .losses import explicit_params  # type-checks the parameters first
+
+            kw["method_params"] = explicit_params(str(kw.get("method")), kw["method_params"])
         return KDConfig(**kw)
     except UserError as exc:
         raise SpecError(f"{where}: {exc}") from None
