@@ -333,6 +333,7 @@ def _cmd_sweep(ns: argparse.Namespace) -> int:
         prepare_check(config.replace(teacher_checkpoint_path=None), teacher=False, pretrained=False)
     print(plan.summary())
     if ns.dry_run:
+        print(plan.table())
         print(plan.estimate())
         return 0
     for config in plan.teachers:  # ImageNet weights: fetched and checked once, before any work

@@ -157,14 +157,122 @@ class KDPlan:
         )
 
     def estimate(self, gflops: float = CPU_GFLOPS) -> str:
-        """The remaining work in floating-point operations and hours at `gflops` GFLOP/s."""
+        """The remaining work in floating-point operations and hours at `gflops` GFLOP/s (two
+        lines, each under 100 columns)."""
         todo = [c for c in (*self.teachers, *self.students) if c.config_hash not in self.done]
         flops = sum(experiment_flops(c) for c in todo)
         return (
             f"remaining: {len(todo)} experiments, {flops / 1e15:.1f} PFLOP, about "
-            f"{flops / (gflops * 1e9) / 3600:,.0f} h at {gflops:g} GFLOP/s (the 2-core reference "
-            "CPU's rate in benchmarks/kd_wo_ce.py; divide by your machine's speed-up)"
+            f"{flops / (gflops * 1e9) / 3600:,.0f} h at {gflops:g} GFLOP/s\n"
+            f"({gflops:g} GFLOP/s: the 2-core reference CPU's rate in benchmarks/kd_wo_ce.py; "
+            "divide by your speed-up)"
         )
+
+    def rows(self, gflops: float = CPU_GFLOPS) -> list[PlanRow]:
+        """What will run, by dataset x pair x condition: teachers on rows of their own, then each
+        teacher -> student pair with its conditions (a student alone, method none, on the first
+        pair of that student), in the spec's order; hours of the remaining work at `gflops`."""
+        teachers = {s.teacher_hash for s in self.students}
+        everything = (*self.teachers, *self.students)
+        datasets = _ranks(c.dataset for c in everything)
+        conditions = _ranks(_condition(c) for c in everything)
+        pairs = _ranks((str(c.teacher), c.model) for c in self.students)
+        models = _ranks(c.model for c in self.teachers if c.config_hash in teachers)
+        by_student = {model: rank for (_, model), rank in reversed(list(pairs.items()))}
+        groups: dict[tuple[Any, ...], list[KDConfig]] = {}
+        for c in everything:  # key: the order (dataset, section, pair, condition), then the text
+            cond = _condition(c)
+            if c.config_hash in teachers:
+                key = (
+                    datasets[c.dataset],
+                    0,
+                    models[c.model],
+                    0,
+                    0,
+                    f"teacher {c.model}",
+                    "teacher",
+                )
+            elif c.role == "teacher":  # a student alone, shown with the first pair it is in
+                rank = by_student.get(c.model, len(pairs))
+                key = (datasets[c.dataset], 1, rank, conditions[cond], 0, f"{c.model} alone", cond)
+            else:
+                rank = pairs[(str(c.teacher), c.model)]
+                pair = f"{c.teacher} -> {c.model}"
+                key = (datasets[c.dataset], 1, rank, conditions[cond], 1, pair, cond)
+            groups.setdefault(key, []).append(c)
+        out = []
+        for key in sorted(groups):
+            configs = groups[key]
+            todo = [c for c in configs if c.config_hash not in self.done]
+            flops = sum(experiment_flops(c) for c in todo)
+            out.append(
+                PlanRow(
+                    configs[0].dataset,
+                    key[5],
+                    key[6],
+                    len(configs),
+                    len(configs) - len(todo),
+                    flops / (gflops * 1e9) / 3600,
+                )
+            )
+        return out
+
+    def table(self, gflops: float = CPU_GFLOPS, width: int = 100) -> str:
+        """`rows` as a text table that fits `width` columns (long names are shortened)."""
+        head = ("dataset", "teacher -> student", "condition", "runs", "done", "left", "h left")
+        body = [
+            (r.dataset, r.pair, r.condition, r.runs, r.done, r.runs - r.done, _hours(r.hours))
+            for r in self.rows(gflops)
+        ]
+        cells = [tuple(map(str, row)) for row in (head, *body)]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(head))]
+        spare = width - 1 - sum(widths) - 2 * (len(head) - 1)
+        for i in (1, 2):  # the name columns give way, down to a readable minimum
+            if spare < 0:
+                cut = min(-spare, widths[i] - 12)
+                if cut > 0:
+                    widths[i] -= cut
+                    spare += cut
+        lines = []
+        for row in cells:
+            parts = [
+                _fit(v, w).ljust(w) if i < 3 else v.rjust(w)
+                for i, (v, w) in enumerate(zip(row, widths, strict=True))
+            ]
+            lines.append("  ".join(parts).rstrip())
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    """One row of a plan's table: experiments of one dataset, pair and condition."""
+
+    dataset: str
+    pair: str  # "teacher MODEL", "TEACHER -> STUDENT" or "STUDENT alone"
+    condition: str  # the spec's condition name (the config's label), else the method
+    runs: int
+    done: int
+    hours: float  # the remaining ones' estimate
+
+
+def _condition(config: KDConfig) -> str:
+    return config.label or config.method
+
+
+def _ranks(items: Any) -> dict[Any, int]:
+    """Each distinct item's rank of first appearance."""
+    out: dict[Any, int] = {}
+    for item in items:
+        out.setdefault(item, len(out))
+    return out
+
+
+def _hours(hours: float) -> str:
+    return f"{hours:.2f}" if hours < 1 else f"{hours:,.1f}" if hours < 100 else f"{hours:,.0f}"
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "~"
 
 
 def _check(table: dict[str, Any], where: str) -> None:
