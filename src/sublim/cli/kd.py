@@ -192,6 +192,42 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="training augmentation: crop=PIXELS (padded random crop), hflip=P, rotate, translate "
         "(default: crop=4,hflip=0.5; crop=4 for svhn, mnist, kmnist)",
     )
+    f = p.add_argument_group(
+        "reproducing the KD_wo_CE code (see the README's 'Reproducing KD_wo_CE exactly')"
+    )
+    f.add_argument(
+        "--reference-behaviour",
+        default=None,
+        metavar="kd_wo_ce",
+        help="every behaviour of the KD_wo_CE code at once (each option below, the OneCycle "
+        "plan, the ViT position layout, whole-batch augmentation and fkd's sp_first_row_only, "
+        "tail_start, tail_mode, projector_bn, vit_teacher_view where the code has them)",
+    )
+    f.add_argument(
+        "--eval-batches",
+        default="all",
+        help="all (every test image, default) or reference: floor(N / --batch-size) sequential "
+        "batches, as the code (9,984 of 10,000 images at 128)",
+    )
+    if p.prog.endswith("distill"):
+        f.add_argument(
+            "--teacher-seed",
+            default=None,
+            help="the teacher's seed (default: --seed): a fixed one shares one teacher among "
+            "all student seeds, as the code trains one per dataset and model",
+        )
+        f.add_argument(
+            "--teacher-bn-nudge",
+            action="store_true",
+            help="the code's train-mode forward of one zeros image through the teacher before "
+            "distilling (moves its BatchNorm statistics once)",
+        )
+        f.add_argument(
+            "--teacher-logits",
+            default="online",
+            help="online (default) or reference: the teacher's logits fixed by one pass over the "
+            "training set, augmented on its own, read by every logit loss, as the code",
+        )
     r.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
     r.add_argument("--amp", action="store_true", help="float16 mixed precision (CUDA only)")
     r.add_argument(
@@ -259,6 +295,10 @@ def config_from_args(ns: argparse.Namespace) -> Any:
         "nesterov": ns.nesterov,
         "amp": ns.amp,
         "channels_last": ns.channels_last,
+        "eval_batches": ns.eval_batches.strip().lower(),
+        "reference_behaviour": None
+        if ns.reference_behaviour is None
+        else ns.reference_behaviour.strip().lower(),
     }
     if role == "teacher":
         return KDConfig(
@@ -285,6 +325,11 @@ def config_from_args(ns: argparse.Namespace) -> Any:
         alpha=None if ns.alpha is None else parse_float("--alpha", ns.alpha),
         init_epochs=None if ns.init_epochs is None else parse_int("--init-epochs", ns.init_epochs),
         teacher_checkpoint_path=ns.teacher_checkpoint,
+        teacher_seed=None
+        if ns.teacher_seed is None
+        else parse_int("--teacher-seed", ns.teacher_seed),
+        teacher_bn_nudge=ns.teacher_bn_nudge,
+        teacher_logits=ns.teacher_logits.strip().lower(),
         **kw,
     )
 

@@ -7,6 +7,7 @@ traceback and no output files. Imports point one way: main -> one module per com
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -64,3 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             sys.stderr.write(f"{PROG}: interrupted; nothing was written for the unfinished run\n")
         return 130
+    except BrokenPipeError:  # `sublim ... | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush cannot fail
+        return 141

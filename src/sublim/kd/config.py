@@ -113,7 +113,18 @@ NEW_FIELD_DEFAULTS: dict[str, Any] = {
     "onecycle_plan": "exact",
     "test_limit": 0,
     "vit_pos_layout": "torchvision",
+    "eval_batches": "all",
+    "teacher_bn_nudge": False,
+    "teacher_logits": "online",
+    "teacher_seed": None,
+    "reference_behaviour": None,
 }
+EVAL_BATCHES = ("all", "reference")
+TEACHER_LOGITS = ("online", "reference")
+REFERENCE_BEHAVIOURS = ("kd_wo_ce",)
+TRANSFORMERS = ("vit_b", "vit_ett")
+# fields only a distillation has (a teacher or a student alone drops them)
+STUDENT_FIELDS = ("teacher_bn_nudge", "teacher_logits", "teacher_seed")
 ONECYCLE_PLANS = ("exact", "reference")
 # fkd's teacher_layers = "auto:METRIC": the k best teacher layers by a layer-quality metric
 # (sublim.geometry.METRICS; KD_wo_CE spec 2.4), resolved by analysing the teacher (kd.autolayers)
@@ -220,6 +231,22 @@ class KDConfig:
     # ViT position grid from a pretrained file: "torchvision" keeps the class position first;
     # "reference" reproduces the KD_wo_CE code, which takes the last position for it (spec 9.9)
     vit_pos_layout: str = "torchvision"
+    # evaluation: "all" test images in batches of 1000, or "reference": the KD_wo_CE code's
+    # floor(N / batch) sequential batches of --batch-size (9,984 of 10,000 images at 128); the
+    # accuracy over those images, the loss the mean of the batch means
+    eval_batches: str = "all"
+    # the KD_wo_CE code's one train-mode forward of a zeros batch through the teacher before
+    # distilling (it moves every BatchNorm's running statistics once; spec 9.7)
+    teacher_bn_nudge: bool = False
+    # "online": the teacher's logits on each training batch; "reference": fixed logits from one
+    # pass over the training set in order (blocks of --batch-size, each augmented on its own by
+    # a draw seeded from the teacher), read by every logit loss, as the KD_wo_CE code's
+    teacher_logits: str = "online"
+    # the teacher's seed when it is not the student's (None): a fixed seed shares one teacher
+    # among all student seeds, as the KD_wo_CE code trains one per dataset and model
+    teacher_seed: int | None = None
+    # "kd_wo_ce": every reference behaviour of the KD_wo_CE code at once (`reference_fields`)
+    reference_behaviour: str | None = None
     # a name for reports (a sweep's condition, e.g. "ours"); never part of the hash
     label: str | None = None
 
@@ -239,6 +266,18 @@ class KDConfig:
                 ("teacher_hash", None),
                 ("init_epochs", None),
             ):
+                object.__setattr__(self, name, value)
+        if self.role == "teacher":
+            for name in STUDENT_FIELDS:
+                object.__setattr__(self, name, NEW_FIELD_DEFAULTS[name])
+        if self.reference_behaviour is not None:
+            if self.reference_behaviour not in REFERENCE_BEHAVIOURS:
+                raise ConfigError(
+                    "--reference-behaviour",
+                    self.reference_behaviour,
+                    f"allowed: {', '.join(REFERENCE_BEHAVIOURS)}",
+                )
+            for name, value in reference_fields(self).items():
                 object.__setattr__(self, name, value)
         if self.pretrained is not None and self.pretrained_id is None:
             object.__setattr__(self, "pretrained_id", _pretrained_id(self.model, self.pretrained))
@@ -298,6 +337,14 @@ class KDConfig:
             raise ConfigError(
                 "--vit-pos-layout", self.vit_pos_layout, f"allowed: {', '.join(POS_LAYOUTS)}"
             )
+        for name, value, allowed in (
+            ("eval_batches", self.eval_batches, EVAL_BATCHES),
+            ("teacher_logits", self.teacher_logits, TEACHER_LOGITS),
+        ):
+            if value not in allowed:
+                raise ConfigError(_flag(name), value, f"allowed: {', '.join(allowed)}")
+        if self.teacher_seed is not None:
+            _int("teacher_seed", self.teacher_seed, 0)
         if any(not isinstance(m, int) or m < 1 for m in self.milestones):
             raise ConfigError("--milestones", self.milestones, "expected epochs >= 1")
         if not isinstance(self.method_params, dict):
@@ -317,7 +364,7 @@ class KDConfig:
                     self.init_epochs,
                     "only fitnets (hint stage) and ft (paraphraser)",
                 )
-        for name in ("nesterov", "amp", "channels_last", "drop_last"):
+        for name in ("nesterov", "amp", "channels_last", "drop_last", "teacher_bn_nudge"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(_flag(name), getattr(self, name), "expected true or false")
         if self.augment is not None and not isinstance(self.augment, str):
@@ -399,6 +446,8 @@ class KDConfig:
         for k in ("ce_weight", "pretrained", "pretrained_id"):  # the student's own
             recipe.pop(k)
         recipe.update(role="teacher", model=self.teacher, teacher_checkpoint_path=None)
+        if self.teacher_seed is not None:  # one teacher for every student seed
+            recipe["seed"] = self.teacher_seed
         return KDConfig(**recipe)
 
     def replace(self, **changes: Any) -> KDConfig:
@@ -445,6 +494,59 @@ class KDConfig:
             t = (epoch - self.warmup_epochs) / max(1, self.epochs - self.warmup_epochs)
             return 0.5 * self.lr * (1 + math.cos(math.pi * t))
         return self.lr * self.gamma ** sum(epoch >= m for m in self.milestones)
+
+
+def stores_features(config: KDConfig) -> bool:
+    """Whether the KD_wo_CE code would precompute (store) this run's teacher features: on CIFAR
+    and for ViT teachers, never with augmentation (its ConfigUtils: StoreFeatures). Several of
+    its quirks hang on it (the BatchNorm nudge, the tail's mode, the ViT view)."""
+    augmented = any(parse_augment(config.augmentation).values())
+    return (config.dataset != "tinyimagenet" or config.teacher in TRANSFORMERS) and not augmented
+
+
+def reference_fields(config: KDConfig) -> dict[str, Any]:
+    """The fields `reference_behaviour = "kd_wo_ce"` sets: every place where sublim departs
+    from the KD_wo_CE code, switched to the code's behaviour where it applies to this run.
+
+    Every experiment: OneCycle planned over int(N / B + 1) steps per epoch, the pretrained ViT's
+    position grid as the code maps it, evaluation on floor(N / B) batches (9,984 images), and
+    the whole-batch augmentation with mean-colour padding when augmenting. Distillations also:
+    the teacher's logits precomputed once (`teacher_logits`) where augmentation or the nudge
+    would make online ones differ; fkd's quirks: SP's first row, the tail started at the last
+    distilled layer, the tail's mode pinned and the projectors' BatchNorm in train mode at test,
+    the teacher's BatchNorm nudge and the ViT feature view where the code has them.
+    """
+    out: dict[str, Any] = {
+        "onecycle_plan": "reference",
+        "vit_pos_layout": "reference",
+        "eval_batches": "reference",
+    }
+    aug = parse_augment(config.augmentation)
+    if any(aug[k] for k in ("rotate", "translate", "crop", "hflip")):
+        extra = [f"{k}=1" for k in ("batch", "meanfill") if not aug[k]]
+        out["augment"] = ",".join([config.augmentation, *extra])
+    if config.role != "student":
+        return out
+    stored = stores_features(config)
+    cnn_teacher = config.teacher not in TRANSFORMERS
+    params = dict(config.method_params)
+    if config.method == "fkd":
+        out["teacher_bn_nudge"] = not stored and cnn_teacher
+        if params.get("relation") == "sp":
+            params.setdefault("sp_first_row_only", True)
+        if params.get("classifier") == "teacher_tail":
+            params.setdefault("tail_start", "at")
+            params.setdefault("tail_mode", "eval" if stored else "train")
+            params.setdefault("projector_bn", "train")
+        if stored and not cnn_teacher and params.get("relation", "mse") == "mse":
+            params.setdefault("vit_teacher_view", True)
+        out["method_params"] = params
+    reads_logits = config.method in ("kd", "logit_std", "dkd") or (
+        config.method == "fkd" and params.get("logit_loss", "none") != "none"
+    )
+    if reads_logits and ("augment" in out or out.get("teacher_bn_nudge")):
+        out["teacher_logits"] = "reference"
+    return out
 
 
 def _int(name: str, value: Any, minimum: int) -> None:

@@ -73,7 +73,8 @@ def pin_teacher(config: KDConfig) -> KDConfig:
     """The student with its teacher pinned: the checkpoint path and the teacher's identity.
 
     --teacher-checkpoint: that file (identity: its sha256). Otherwise the one completed teacher
-    experiment of that model, dataset and seed under --outdir (identity: its config hash); an
+    experiment of that model, dataset and seed (--teacher-seed, else the student's) under
+    --outdir (identity: its config hash); an
     unfinished or failed teacher is refused, never used half-trained."""
     if config.role != "student" or config.teacher_hash is not None:
         return config
@@ -85,16 +86,17 @@ def pin_teacher(config: KDConfig) -> KDConfig:
             raise ConfigError(FLAG, str(path), f"cannot read it ({exc.strerror or exc})") from None
         return config.replace(teacher_hash=f"sha256:{digest}")
     folder = experiment_dir(config.teacher_config()).parent
+    seed = config.seed if config.teacher_seed is None else config.teacher_seed
     found = {
         p.parent: Experiment.read_status(p)
-        for p in sorted(folder.glob(f"seed_{config.seed}_*/status.json"))
+        for p in sorted(folder.glob(f"seed_{seed}_*/status.json"))
     }
     done = [d for d, st in found.items() if st.get("status") == "completed"]
     if len(done) > 1:
         raise ConfigError(
             FLAG,
             None,
-            f"{len(done)} completed {config.teacher} teachers for seed {config.seed} under "
+            f"{len(done)} completed {config.teacher} teachers for seed {seed} under "
             f"{folder} (different recipes); choose one: {', '.join(str(d / 'best.pt') for d in done)}",
         )
     if not done:
@@ -106,9 +108,9 @@ def pin_teacher(config: KDConfig) -> KDConfig:
         raise ConfigError(
             FLAG,
             None,
-            f"no completed {config.teacher} teacher for seed {config.seed} ({why}); train it "
+            f"no completed {config.teacher} teacher for seed {seed} ({why}); train it "
             f"first (sublim kd train-teacher --model {config.teacher} --dataset {config.dataset} "
-            f"--seed {config.seed} --outdir {config.outdir}) or give {FLAG}",
+            f"--seed {seed} --outdir {config.outdir}) or give {FLAG}",
         )
     teacher_hash = str(Experiment.read_status(done[0] / "status.json").get("config_hash"))
     return config.replace(

@@ -80,7 +80,9 @@ TOP_KEYS = (
     "preset",
     "layers",
     "track",
+    *("reference_behaviour", "teacher_seed"),  # whole-sweep fields, as if in [base]
 )
+TOP_FIELDS = ("reference_behaviour", "teacher_seed")
 PAIR_KEYS = ("teacher", "student", "params")
 LAYER_KEYS = ("teacher_layers", "student_layers")  # may be "@name" lists of [layers.MODEL]
 OWNED = ("role", "seed", "outdir", "teacher_checkpoint_path", "model", "teacher")
@@ -299,6 +301,11 @@ def load_plan(path: str | Path, outdir: str, seeds: str | None = None) -> KDPlan
     layers = _layer_lists(data.get("layers", {}), path)
     top_preset = data.get("preset")
     base, teacher_recipe, grid = (dict(data.get(k, {})) for k in ("base", "teacher_recipe", "grid"))
+    for key in TOP_FIELDS:
+        if key in data:
+            if key in base:
+                raise SpecError(f"{path}: {key}: give it at the top or in [base], not both")
+            base[key] = data[key]
     _check(base, f"{path}: base")
     _check(teacher_recipe, f"{path}: teacher_recipe")
     for key in teacher_recipe:
@@ -339,6 +346,8 @@ def load_plan(path: str | Path, outdir: str, seeds: str | None = None) -> KDPlan
             teachers.setdefault(student.config_hash, student)
             continue
         recipe = {k: v for k, v in fields_.items() if k not in _STUDENT_ONLY}
+        if student.teacher_seed is not None:  # one teacher for every student seed
+            recipe["seed"] = student.teacher_seed
         # conditions are student fields: a teacher follows the spec's own preset
         recipe = {**_preset(top_preset, "teacher", t_model, "none", where), **recipe}
         teacher = _build(where, role="teacher", model=t_model, **{**recipe, **teacher_recipe})

@@ -178,6 +178,8 @@ class Models:
     distiller: Distiller | None = None
     student_taps: tuple[str, ...] = ("logits",)
     teacher_taps: tuple[str, ...] = ("logits",)
+    # [N, C] teacher logits of the training set, fixed for the run (teacher_logits "reference")
+    teacher_logits: torch.Tensor | None = None
 
 
 @dataclass
@@ -217,6 +219,9 @@ def build_models(
         config.teacher, k, generator=torch.Generator().manual_seed(0), image_size=size
     )
     teacher.load_state_dict(teacher_weights or {})
+    if config.teacher_bn_nudge:  # the KD_wo_CE code's setup forward: train mode, one zeros image
+        with torch.no_grad():
+            teacher.train()(torch.zeros(1, *config.input_shape))
     teacher.eval().requires_grad_(False)
     models = Models(student.to(device), teacher.to(device))
     if config.method == "none":
@@ -241,6 +246,42 @@ def build_models(
     # the teacher computes only what the method reads (named-tap models return logits anyway)
     models.teacher_taps = tuple(distiller.teacher_taps) or ("logits",)
     return models
+
+
+@torch.no_grad()
+def reference_logits(
+    config: KDConfig,
+    teacher_weights: dict[str, torch.Tensor] | None,
+    train_x: torch.Tensor,
+    norm: Normalizer,
+    data: KDData,
+    amp: bool,
+) -> torch.Tensor:
+    """[N, C] logits of the teacher (as trained: eval mode, never nudged) over the training set in
+    order, blocks of --batch-size each augmented on its own (the KD_wo_CE code's
+    GenSoftenedLogits); the draws are seeded from the teacher, so all its students share them."""
+    device = train_x.device
+    last = channels_last(config, device)
+    k, size = config.num_classes, config.input_shape[1]
+    teacher = create_model(
+        config.teacher, k, generator=torch.Generator().manual_seed(0), image_size=size
+    )
+    teacher.load_state_dict(teacher_weights or {})
+    teacher = teacher.to(device).eval()
+    if last:
+        teacher.to(memory_format=torch.channels_last)
+    who = str(config.teacher_hash or config.teacher)
+    augment = Augmenter(
+        config.augmentation, seeds.derive(0, "kd", "reference_logits", who), data.mean, data.std
+    )
+    n, bs = train_x.shape[0], config.batch_size
+    out = torch.empty(n, k, device=device)
+    for step, i in enumerate(range(0, n, bs)):
+        idx = torch.arange(i, min(i + bs, n), device=device)
+        x = _layout(augment(norm.take(train_x, idx), 0, step), last)
+        with torch.autocast(device.type, enabled=amp):
+            out[i : i + bs] = teacher(x, ())["logits"].float()
+    return out
 
 
 def predict(models: Models, s: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -329,9 +370,12 @@ def evaluate(
     amp: bool,
     bsize: int = 1000,
     last: bool = False,
+    reference: bool = False,
 ) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of the student on the test set (already on the device);
-    `last`: batches channels-last, as the models are."""
+    `last`: batches channels-last, as the models are. `reference`: the KD_wo_CE code's
+    evaluation, floor(N / bsize) sequential batches (the last partial one dropped), accuracy
+    over the images seen and the loss the mean of the batch means."""
     models.student.eval()
     d = models.distiller
     if d is not None:
@@ -341,15 +385,16 @@ def evaluate(
     device = x_all.device
     loss = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device)
-    for i in range(0, x_all.shape[0], bsize):
+    n = x_all.shape[0] // bsize * bsize if reference else x_all.shape[0]
+    for i in range(0, n, bsize):
         with torch.autocast(device.type, enabled=amp):
             taps = run_taps(models.student, _layout(norm(x_all[i : i + bsize]), last), taps_needed)
             logits = predict(models, taps).float()
         y = y_all[i : i + bsize]
         loss += F.cross_entropy(logits, y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
-    n = x_all.shape[0]
-    return loss.item() / n, correct.item() / n
+    # equal batches: the mean of the batch means is the mean over the images seen
+    return loss.item() / max(n, 1), correct.item() / max(n, 1)
 
 
 def train(
@@ -398,6 +443,8 @@ def train(
             torch.cuda.set_rng_state_all(resume["cuda_rng"])
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     test_x, test_y = data.test_x.to(device), data.test_y.to(device)  # moved once, not per epoch
+    if config.teacher_logits == "reference" and models.distiller is not None:
+        models.teacher_logits = reference_logits(config, teacher_weights, train_x, norm, data, amp)
     n, bs = train_x.shape[0], config.batch_size
     steps = n // bs if config.drop_last else (n + bs - 1) // bs
     total_epochs = config.init_stage + config.epochs
@@ -439,7 +486,16 @@ def train(
                 bar,
                 terms,
             )
-            test_loss, test_acc = evaluate(models, test_x, test_y, norm, amp, last=last)
+            test_loss, test_acc = evaluate(
+                models,
+                test_x,
+                test_y,
+                norm,
+                amp,
+                bsize=config.batch_size if config.eval_batches == "reference" else 1000,
+                last=last,
+                reference=config.eval_batches == "reference",
+            )
             for key, value in zip(
                 HISTORY_KEYS,
                 (e + 1, stage, lr, loss_sum / seen, correct / seen, test_loss, test_acc),
@@ -533,9 +589,15 @@ def _epoch(
             if distiller is not None and distiller.uses_tail:  # CE and KD train the teacher's copy
                 s["logits"] = distiller.tail_logits(s)  # type: ignore[union-attr,operator]
             t = None
+            fixed = models.teacher_logits
             if teacher is not None and distiller is not None:  # eval mode, no gradient
-                with torch.no_grad():
-                    t = run_taps(teacher, x, models.teacher_taps)
+                if fixed is not None and set(models.teacher_taps) <= {"logits"}:
+                    t = {"logits": fixed[idx]}  # only logits are read: no teacher forward
+                else:
+                    with torch.no_grad():
+                        t = run_taps(teacher, x, models.teacher_taps)
+                    if fixed is not None:
+                        t["logits"] = fixed[idx]
             if stage == "init":  # FT: paraphraser reconstruction; FitNets: the hint loss alone
                 if paraphrasing:
                     loss = distiller.paraphraser_loss(t)  # type: ignore[union-attr]

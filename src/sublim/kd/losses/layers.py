@@ -21,6 +21,18 @@ counts from the end). One method covers every configuration family of the paper'
   train it, and it is the student's classifier at test time (`tail_logits`). The reference code
   starts the copy *at* that layer, running it twice (spec 9.4): `tail_start="at"`.
 
+The reference code's other quirks, each off by default (`--reference-behaviour kd_wo_ce` turns
+them on where the reference has them):
+* `tail_mode`: "follow" (the tail trains in train mode and is evaluated in eval mode) or a mode
+  pinned for the whole run, at test too: the reference's deep copy keeps the teacher's mode of
+  the moment, "eval" when it stored teacher features (CIFAR, ViT teachers), "train" otherwise
+  (TinyImageNet CNN teachers, augmented runs: BatchNorm on batch statistics, Dropout active);
+* `projector_bn`: "train" keeps the projectors' BatchNorm in train mode at test (the reference
+  switches only the student to eval; it matters for the teacher tail, which reads a projector);
+* `vit_teacher_view`: the reference stores a ViT teacher's (N, tokens, D) features and reshapes
+  them with `view` to (N, D, tokens) instead of transposing (spec 9.5): the MSE targets become a
+  fixed scramble of the token x dim layout. SP and the attention weights are unaffected.
+
 Alignment as in the paper's code: a vector feature (D,) is a D x 1 x 1 map; if the student map is
 no larger than the teacher's in both spatial dimensions the teacher is adaptive-average-pooled to
 the student's size, if it is larger in both the student is pooled to the teacher's, anything else
@@ -52,12 +64,16 @@ Relation = Literal["mse", "sp"]
 LogitLoss = Literal["none", "kd", "kd_std"]
 Classifier = Literal["student", "teacher_tail"]
 TailStart = Literal["after", "at"]
+TailMode = Literal["follow", "eval", "train"]
+ProjectorBN = Literal["follow", "train"]
 MAPPINGS: tuple[str, ...] = get_args(LayerMapping)
 PROJECTORS: tuple[str, ...] = get_args(Projector)
 RELATIONS: tuple[str, ...] = get_args(Relation)
 LOGIT_LOSSES: tuple[str, ...] = get_args(LogitLoss)
 CLASSIFIERS: tuple[str, ...] = get_args(Classifier)
 TAIL_STARTS: tuple[str, ...] = get_args(TailStart)
+TAIL_MODES: tuple[str, ...] = get_args(TailMode)
+PROJECTOR_BNS: tuple[str, ...] = get_args(ProjectorBN)
 # teacher_layers may also name a layer-quality metric, resolved by analysing the teacher before
 # the distiller is built (kd.config.auto_metric checks the metric, kd.autolayers resolves it)
 AutoLayers = Annotated[str, "auto:METRIC (e.g. auto:q)"]
@@ -197,7 +213,8 @@ class FeatureKD(Distiller):
     Defaults are the paper's: weight 1 (LSLossWeight) and cross-entropy weight 1, 1x1
     projectors, one-to-one mapping, no logit loss. Pass `separate_head=True` for "Ours".
     `sp_first_row_only=True` reproduces the reference code's Sim. Pres., which compares only the
-    first row of each B x B matrix (a bug; the default compares the whole matrix).
+    first row of each B x B matrix (a bug; the default compares the whole matrix); `tail_start`,
+    `tail_mode`, `projector_bn` and `vit_teacher_view` its other quirks (module docstring).
     """
 
     name = "fkd"
@@ -224,6 +241,9 @@ class FeatureKD(Distiller):
         sp_first_row_only: bool = False,
         classifier: Classifier = "student",
         tail_start: TailStart = "after",
+        tail_mode: TailMode = "follow",
+        projector_bn: ProjectorBN = "follow",
+        vit_teacher_view: bool = False,
         weight: float | None = None,
     ) -> None:
         super().__init__(s_shapes, t_shapes, weight=weight)
@@ -234,6 +254,8 @@ class FeatureKD(Distiller):
             ("logit_loss", logit_loss, LOGIT_LOSSES),
             ("classifier", classifier, CLASSIFIERS),
             ("tail_start", tail_start, TAIL_STARTS),
+            ("tail_mode", tail_mode, TAIL_MODES),
+            ("projector_bn", projector_bn, PROJECTOR_BNS),
         ):
             if value not in allowed:
                 raise DistillerConfigError(param, value, f"one of {', '.join(allowed)}")
@@ -275,6 +297,8 @@ class FeatureKD(Distiller):
         self.logit_weight = float(logit_weight)
         self.zscore_eps = float(zscore_eps)
         self.sp_first_row_only = bool(sp_first_row_only)
+        self.tail_mode, self.projector_bn = tail_mode, projector_bn
+        self.vit_teacher_view = bool(vit_teacher_view)
         shapes = [
             *(s_shapes[layer_tap(k)] for k in s_idx),
             *(t_shapes[layer_tap(k)] for k in t_idx),
@@ -333,8 +357,21 @@ class FeatureKD(Distiller):
     def attach_teacher(self, teacher: nn.Module, in_shape: Sequence[int]) -> None:
         """Give the SimKD variant its trainable copy of the teacher (`in_shape`: the input's)."""
         if self.uses_tail:
-            self.tail = copy.deepcopy(teacher).requires_grad_(True).train(self.training)
+            self.tail = copy.deepcopy(teacher).requires_grad_(True)
             self.tail_in_shape = tuple(in_shape)
+            self.train(self.training)  # the tail's mode: the distiller's, or pinned
+
+    def train(self, mode: bool = True) -> FeatureKD:
+        """Set train/eval mode (`eval()` comes here too), then pin what the reference pins: the
+        tail's mode (`tail_mode`) and the projectors' BatchNorm (`projector_bn`)."""
+        super().train(mode)
+        if self.tail is not None and self.tail_mode != "follow":
+            self.tail.train(self.tail_mode == "train")
+        if self.projector_bn == "train":
+            for m in self.projectors.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.train(True)
+        return self
 
     def tail_logits(self, s: Taps) -> Tensor:
         """The student's logits through the teacher tail: the last student feature, pooled to the
@@ -384,6 +421,13 @@ class FeatureKD(Distiller):
             out.append(d.pow(2).flatten(1).mean(1))
         return torch.stack(out, 1)
 
+    def _target_map(self, f: Tensor) -> Tensor:
+        """A teacher feature as the MSE's target map; with `vit_teacher_view`, token features
+        (B, N, D) reinterpreted row-major as (B, D, N), as the reference's stored features are."""
+        if self.vit_teacher_view and f.dim() == 3:
+            return f.reshape(f.shape[0], f.shape[2], f.shape[1])
+        return _to_map(f, self.one_d)
+
     def _sp(self, raw_s: list[Tensor], raw_t: list[Tensor]) -> Tensor:
         losses = []
         for i, j in self.pairs:
@@ -405,7 +449,7 @@ class FeatureKD(Distiller):
             out["feat"] = self.weight * self._sp(raw_s, raw_t)
         else:
             f_s = [_to_map(f, self.one_d) for f in raw_s]
-            f_t = [_to_map(f, self.one_d) for f in raw_t]
+            f_t = [self._target_map(f) for f in raw_t]
             per_pair = self._pair_losses(f_s, f_t)  # [B, P]
             k_s, k_t = len(self.s_layers), len(self.t_layers)
             if self.mapping == "one2one":
