@@ -265,3 +265,28 @@ def test_reference_grids_have_the_reference_counts(
     assert all(c.reference_behaviour == "kd_wo_ce" for c in (*three.teachers, *three.students))
     if "dataaug" in spec:
         assert all("batch=1" in c.augmentation for c in three.students)
+
+
+def test_conflicts_and_misplaced_keys_are_one_line(tmp_path: Path) -> None:
+    from sublim.errors import ConfigError
+    from sublim.kd.sweep import SpecError, load_plan
+
+    with pytest.raises(ConfigError, match="--teacher-bn-nudge.*sets False"):
+        paper(dataset="cifar10", teacher_bn_nudge=True, reference_behaviour="kd_wo_ce")
+    with pytest.raises(ConfigError, match="--eval-batches.*whole batch of test images"):
+        paper(dataset="cifar10", eval_batches="reference", test_limit=40)
+    assert paper(teacher_seed=0).teacher_seed is None  # its own seed: the default teacher
+    spec = tmp_path / "s.toml"
+    spec.write_text(
+        'teacher = "resnet34"\nstudent = "resnet9"\nseeds = "0..2"\n'
+        '[teacher_recipe]\nteacher_seed = 0\n[conditions.kd]\nmethod = "kd"\n'
+    )
+    with pytest.raises(SpecError, match="teacher_recipe: teacher_seed"):
+        load_plan(spec, str(tmp_path))
+    # batch= and meanfill= alone change no image: the reference would still store features
+    plain = paper(dataset="cifar10", method_params=SIMKD, reference_behaviour="kd_wo_ce")
+    same = paper(
+        dataset="cifar10", method_params=SIMKD, augment="batch=1", reference_behaviour="kd_wo_ce"
+    )
+    assert same.teacher_bn_nudge is plain.teacher_bn_nudge is False
+    assert same.method_params["tail_mode"] == "eval"

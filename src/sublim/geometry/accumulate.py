@@ -110,6 +110,9 @@ class QualityAccumulator:
             raise RuntimeError(f"layer has {self._cols} of {self.dim} columns")
         assert self.b_labels is not None
         classes = self.b_labels.unique(sorted=True).tolist()
+        if self.b_in_a is None and self._class_grams:
+            short = {c: self._class_cols[c] for c in self._class_grams}
+            raise RuntimeError(f"classes of B lack columns (of {self.dim}): {short}")
         for c in list(self._class_grams):
             g = self._class_grams.pop(c)
             self.spectra[c] = eigvals_desc(g, min(g.shape[0], self.dim))

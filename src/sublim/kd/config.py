@@ -270,6 +270,8 @@ class KDConfig:
         if self.role == "teacher":
             for name in STUDENT_FIELDS:
                 object.__setattr__(self, name, NEW_FIELD_DEFAULTS[name])
+        if self.teacher_seed is not None and self.teacher_seed == self.seed:
+            object.__setattr__(self, "teacher_seed", None)  # the default teacher: one experiment
         if self.reference_behaviour is not None:
             if self.reference_behaviour not in REFERENCE_BEHAVIOURS:
                 raise ConfigError(
@@ -277,7 +279,19 @@ class KDConfig:
                     self.reference_behaviour,
                     f"allowed: {', '.join(REFERENCE_BEHAVIOURS)}",
                 )
+            defaults = {f.name: f.default for f in fields(self)}
             for name, value in reference_fields(self).items():
+                given = getattr(self, name)
+                if name not in ("augment", "method_params") and given not in (
+                    defaults[name],
+                    value,
+                ):
+                    raise ConfigError(
+                        _flag(name),
+                        given,
+                        f"--reference-behaviour {self.reference_behaviour} sets {value} for this "
+                        "run; drop one (or set the items alone, without the switch)",
+                    )
                 object.__setattr__(self, name, value)
         if self.pretrained is not None and self.pretrained_id is None:
             object.__setattr__(self, "pretrained_id", _pretrained_id(self.model, self.pretrained))
@@ -345,6 +359,13 @@ class KDConfig:
                 raise ConfigError(_flag(name), value, f"allowed: {', '.join(allowed)}")
         if self.teacher_seed is not None:
             _int("teacher_seed", self.teacher_seed, 0)
+        if self.eval_batches == "reference" and 0 < self.test_limit < self.batch_size:
+            raise ConfigError(
+                "--eval-batches",
+                "reference",
+                f"needs at least one whole batch of test images ({self.batch_size}); "
+                f"--test-limit is {self.test_limit}",
+            )
         if any(not isinstance(m, int) or m < 1 for m in self.milestones):
             raise ConfigError("--milestones", self.milestones, "expected epochs >= 1")
         if not isinstance(self.method_params, dict):
@@ -497,11 +518,18 @@ class KDConfig:
 
 
 def stores_features(config: KDConfig) -> bool:
-    """Whether the KD_wo_CE code would precompute (store) this run's teacher features: on CIFAR
-    and for ViT teachers, never with augmentation (its ConfigUtils: StoreFeatures). Several of
-    its quirks hang on it (the BatchNorm nudge, the tail's mode, the ViT view)."""
-    augmented = any(parse_augment(config.augmentation).values())
+    """Whether the KD_wo_CE code would precompute (store) this run's teacher features: except on
+    TinyImageNet with a CNN teacher, and never with augmentation (its ConfigUtils: StoreFeatures
+    on CIFAR and for ViT teachers; datasets it never ran count as CIFAR). Several of its quirks
+    hang on it (the BatchNorm nudge, the tail's mode, the ViT view)."""
+    augmented = _augments(config)
     return (config.dataset != "tinyimagenet" or config.teacher in TRANSFORMERS) and not augmented
+
+
+def _augments(config: KDConfig) -> bool:
+    """Whether the run's augmentation changes images (batch= and meanfill= alone do not)."""
+    aug = parse_augment(config.augmentation)
+    return any(aug[k] for k in ("rotate", "translate", "crop", "hflip"))
 
 
 def reference_fields(config: KDConfig) -> dict[str, Any]:
@@ -522,7 +550,7 @@ def reference_fields(config: KDConfig) -> dict[str, Any]:
         "eval_batches": "reference",
     }
     aug = parse_augment(config.augmentation)
-    if any(aug[k] for k in ("rotate", "translate", "crop", "hflip")):
+    if _augments(config):
         extra = [f"{k}=1" for k in ("batch", "meanfill") if not aug[k]]
         out["augment"] = ",".join([config.augmentation, *extra])
     if config.role != "student":

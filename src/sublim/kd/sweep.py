@@ -62,7 +62,7 @@ from typing import Any
 from ..errors import UserError
 from ..sweep.spec import SpecError, parse_seeds, read_toml, spec_track
 from .autolayers import resolve_planned, resolve_ready
-from .config import METHOD_NAMES, KDConfig
+from .config import METHOD_NAMES, STUDENT_FIELDS, KDConfig
 from .experiment import Experiment, experiment_dir
 
 TOP_KEYS = (
@@ -429,7 +429,10 @@ def _layer_ref(key: str, value: Any) -> bool:
     return key in LAYER_KEYS and isinstance(value, str) and value.startswith("@")
 
 
-_STUDENT_ONLY = ("method", "method_params", "alpha", "init_epochs", "ce_weight", "label")
+_STUDENT_ONLY = (
+    *("method", "method_params", "alpha", "init_epochs", "ce_weight", "label"),
+    *STUDENT_FIELDS,  # a distillation's: teacher_seed, teacher_bn_nudge, teacher_logits
+)
 
 
 def _preset(name: Any, role: str, model: str, method: str, where: str) -> dict[str, Any]:

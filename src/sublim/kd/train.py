@@ -220,7 +220,7 @@ def build_models(
     )
     teacher.load_state_dict(teacher_weights or {})
     if config.teacher_bn_nudge:  # the KD_wo_CE code's setup forward: train mode, one zeros image
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):  # Dropout: RNG untouched
             teacher.train()(torch.zeros(1, *config.input_shape))
     teacher.eval().requires_grad_(False)
     models = Models(student.to(device), teacher.to(device))
