@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .gram import COL_BLOCK, add_class_gram, add_gram_lower, eigvals_desc, mirror_lower
+from .gram import (
+    COL_BLOCK,
+    add_class_gram,
+    add_gram_lower,
+    center_gram,
+    eigvals_desc,
+    mirror_lower,
+)
 from .quality import Grams, layer_row
 
 
@@ -13,12 +20,14 @@ class QualityAccumulator:
     """Streams one layer's features on A (and, when B is not inside A, on B class by class).
 
     `add` takes the next rows of A for the current column slice (float32, flattened per sample);
-    once all |A| rows are in, the slice is centred (in float64) and folded into A's centered
+    once all |A| rows are in, the slice is centred (its mean in float64) and folded into A's centered
     Gram with float32 matmuls, its mean's projections kept in float64, and dropped. A layer
     wider than the memory budget comes as several slices: the Grams sum over them.
-    `b_in_a` gives B's positions inside A (its class Grams then come from A's rows); otherwise
-    `add_class(c, feats)` takes all of B's class-c rows for each slice. Class Grams are float64
-    of class-centered features, so small variances are exact whatever the features' offset.
+    `b_in_a` gives B's positions inside A (its class spectra then come from A's centered Gram,
+    each class block centred again in float64); otherwise `add_class(c, feats)` takes all of B's
+    class-c rows for each slice (float32 products of class-centred features, summed over slices
+    in float64). Either way small variances come out as the reference's float32 SVD of centred
+    features has them (tests/test_quality_reference.py), whatever the features' offset.
     """
 
     def __init__(
@@ -70,21 +79,12 @@ class QualityAccumulator:
         if self._cols == 0:
             self.centered = torch.zeros(n, n, dtype=torch.float32)
             self.proj = torch.zeros(n, dtype=torch.float64)
-        if self.b_in_a is not None:  # B's class Grams from the raw rows of this slice
-            assert self.b_labels is not None
-            for c in self.b_labels.unique(sorted=True).tolist():
-                pos = self.b_in_a[self.b_labels == c]
-                g = self._class_grams.setdefault(
-                    c, torch.zeros(pos.numel(), pos.numel(), dtype=torch.float64)
-                )
-                add_class_gram(g, buf[pos])
-        for lo in range(0, cols, COL_BLOCK):  # centre in float64, a column block at a time
-            x = buf[:, lo : lo + COL_BLOCK].double()
-            mean = x.mean(0)
-            x -= mean
-            self.proj += x @ mean
+        for lo in range(0, cols, COL_BLOCK):  # centre in place, a column block at a time
+            x = buf[:, lo : lo + COL_BLOCK]
+            mean = x.mean(0, dtype=torch.float64)
+            x -= mean.float()
+            self.proj += (x @ mean.float()).double()
             self.mean_sq += float(mean @ mean)
-            buf[:, lo : lo + COL_BLOCK] = x
         add_gram_lower(self.centered, buf)
         if cols == self.dim and self.dim < n:  # narrow layer: D x D covariance is cheaper
             cov = buf.T.double() @ buf.double()
@@ -110,12 +110,14 @@ class QualityAccumulator:
             raise RuntimeError(f"layer has {self._cols} of {self.dim} columns")
         assert self.b_labels is not None
         classes = self.b_labels.unique(sorted=True).tolist()
-        if self.b_in_a is None and self._class_grams:
+        if self._class_grams:
             short = {c: self._class_cols[c] for c in self._class_grams}
             raise RuntimeError(f"classes of B lack columns (of {self.dim}): {short}")
-        for c in list(self._class_grams):
-            g = self._class_grams.pop(c)
-            self.spectra[c] = eigvals_desc(g, min(g.shape[0], self.dim))
+        if self.b_in_a is not None:  # B's class blocks of A's centered Gram, class-centred
+            for c in classes:
+                pos = self.b_in_a[self.b_labels == c]
+                block = center_gram(self.centered[pos][:, pos].double())
+                self.spectra[c] = eigvals_desc(block, min(pos.numel(), self.dim))
         per_class = [int((self.b_labels == c).sum()) for c in classes]
         row = layer_row(
             Grams(self.centered, self.proj, self.mean_sq),

@@ -10,7 +10,8 @@ Two families of columns (KD_wo_CE spec 2.2-2.3):
   the mean over pairs n < m, and each class's entropy over its own ED_c ratios / ln n_c.
 E is shared. Set A's Gram arrives centered (plus the mean's projections, see `Grams`), so
 distances and cosines stay accurate under a large common offset; B's class spectra come from
-float64 Grams of class-centered features. Memory is O(N^2), never O(N * D).
+Grams of class-centered features (float32 products, as the reference's float32 SVD). Memory is
+O(N^2), never O(N * D).
 
 A degenerate layer (a zero feature vector, or no within-class variance anywhere) gets NaN where a
 term is undefined instead of an exception; `degenerate_classes` counts B's classes with zero
