@@ -11,13 +11,14 @@ import shlex
 import socket
 import tarfile
 import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from quiet_http import QuietServer
 
 from sublim.data.cifar import CIFAR10_DIR, load_cifar10
 from sublim.data.folders import folder_classes, load_image_folder
@@ -110,7 +111,7 @@ def web(tmp_path, monkeypatch):
     monkeypatch.setenv("no_proxy", "*")
     root = tmp_path / "www"
     root.mkdir()
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=root))
+    srv = QuietServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=root))
     threading.Thread(target=srv.serve_forever, args=(0.02,), daemon=True).start()
     yield root, f"http://127.0.0.1:{srv.server_port}/"
     srv.shutdown()

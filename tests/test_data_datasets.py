@@ -10,11 +10,12 @@ import socket
 import threading
 import zipfile
 from dataclasses import replace
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 import torch
+from quiet_http import QuietServer
 
 from sublim.data import (
     FileSpec,
@@ -91,9 +92,7 @@ def web(tmp_path, monkeypatch):
     monkeypatch.setenv("no_proxy", "*")
     root = tmp_path / "www"
     root.mkdir()
-    srv = ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(root))
-    )
+    srv = QuietServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(root)))
     threading.Thread(target=srv.serve_forever, args=(0.02,), daemon=True).start()
     yield root, f"http://127.0.0.1:{srv.server_port}/"
     srv.shutdown()

@@ -6,9 +6,10 @@ import hashlib
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
+from quiet_http import QuietServer
 
 from sublim.data.download import DownloadError, download_file
 from sublim.errors import DataError
@@ -44,7 +45,7 @@ class Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def server(monkeypatch):
     monkeypatch.setenv("no_proxy", "*")  # never route 127.0.0.1 through a proxy
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv = QuietServer(("127.0.0.1", 0), Handler)
     srv.routes = {}
     srv.url = f"http://127.0.0.1:{srv.server_port}"
     thread = threading.Thread(target=srv.serve_forever, args=(0.02,), daemon=True)

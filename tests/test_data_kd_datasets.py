@@ -16,13 +16,14 @@ import tarfile
 import threading
 import zipfile
 import zlib
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from quiet_http import QuietServer
 
 from sublim.data.cifar100 import (
     CIFAR100_ARCHIVE,
@@ -76,7 +77,7 @@ def web(tmp_path, monkeypatch):
     monkeypatch.setenv("no_proxy", "*")
     root = tmp_path / "www"
     root.mkdir()
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=root))
+    srv = QuietServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=root))
     threading.Thread(target=srv.serve_forever, args=(0.02,), daemon=True).start()
     yield root, f"http://127.0.0.1:{srv.server_port}/"
     srv.shutdown()
