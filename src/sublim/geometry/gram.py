@@ -58,7 +58,7 @@ def eigvals_desc(centered: Tensor, rank: int) -> Tensor:
     if centered.shape[-1] <= EIG_FLOAT64_MAX:
         ev = torch.linalg.eigvalsh(centered.double())
     else:
-        with _one_thread():
+        with one_thread():
             ev = torch.linalg.eigvalsh(centered.float())
     return ev.flip(0)[:rank].double().clamp_min(0.0)
 
@@ -73,7 +73,9 @@ def add_class_gram(gram64: Tensor, feats: Tensor) -> None:
 
 
 @contextmanager
-def _one_thread() -> Iterator[None]:
+def one_thread() -> Iterator[None]:
+    """Torch on one thread inside (restored after): for small or memory-bound work, more threads
+    only add synchronisation, and cost seconds when other processes share the cores."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -27,7 +27,7 @@ import torch
 
 from ..errors import ConfigError
 from ..store.csvio import atomic_write_bytes
-from .config import KD_DATASETS, KDConfig
+from .config import KD_DATASETS, TRANSFORMERS, KDConfig
 from .experiment import Experiment
 
 CSV_NAME, KEY_NAME, PNG_NAME = "layer_quality.csv", "layer_quality.json", "layer_quality.png"
@@ -46,7 +46,6 @@ FIRST_METRICS = (
     "q_corrected",
     "sqrt_ie_corrected",
 )
-TRANSFORMERS = ("vit_b", "vit_ett")
 # TinyImageNet with a CNN: the reference extracts features of a class-stratified 10 % of the
 # training set only (Trainer.GenPerLayerFeatures: GetRandomSubset(10000), 50 per class), so its
 # B = min(500, 10000 // 200) = 50 per class; A = 25 per class as everywhere (5000 // 200).

@@ -13,9 +13,20 @@ from collections.abc import Callable
 
 from ..errors import ConfigError
 from .analyze import Settings, Target, analyze, cached, find_target
-from .config import KDConfig, auto_metric
+from .config import AUTO_METRICS, KDConfig, auto_metric
 
 SETTINGS = Settings()  # what every automatic choice analyses with (seed 0, the spec's sizes)
+
+
+def _check_metric_names() -> None:
+    """kd.config keeps the metric names torch-free; they must be geometry's."""
+    from ..geometry.select import METRICS
+
+    if AUTO_METRICS != METRICS:
+        raise RuntimeError(f"kd.config.AUTO_METRICS {AUTO_METRICS} != geometry METRICS {METRICS}")
+
+
+_check_metric_names()
 
 
 def needs_auto(config: KDConfig) -> str | None:

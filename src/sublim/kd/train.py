@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from .. import seeds
 from ..engine.augment import Augmenter
 from ..engine.train import Normalizer
+from ..geometry.gram import one_thread
 from ..models.net import channels_last as to_channels_last
 from .config import KDConfig
 from .data import KDData
@@ -69,18 +70,6 @@ def on_meta() -> Iterator[None]:
     for checking that they can be built, cheaply."""
     with torch.device("meta"), _NoMetaInit():
         yield
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Torch on one thread inside (restored after): for one small image, more threads only add
-    synchronisation, and cost seconds when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def blank_model(name: str, num_classes: int, image_size: int) -> TapNet:
@@ -192,6 +181,18 @@ class Progress:
     best_epoch: int = -1
 
 
+def load_teacher(config: KDConfig, weights: dict[str, torch.Tensor] | None) -> TapNet:
+    """The student's teacher model with its trained weights (on the CPU, mode as built)."""
+    teacher = create_model(
+        config.teacher,
+        config.num_classes,
+        generator=torch.Generator().manual_seed(0),
+        image_size=config.input_shape[1],
+    )
+    teacher.load_state_dict(weights or {})
+    return teacher
+
+
 def build_models(
     config: KDConfig, device: torch.device, teacher_weights: dict[str, torch.Tensor] | None
 ) -> Models:
@@ -215,10 +216,7 @@ def build_models(
         )
     if config.role == "teacher":
         return Models(student.to(device))
-    teacher = create_model(
-        config.teacher, k, generator=torch.Generator().manual_seed(0), image_size=size
-    )
-    teacher.load_state_dict(teacher_weights or {})
+    teacher = load_teacher(config, teacher_weights)
     if config.teacher_bn_nudge:  # the KD_wo_CE code's setup forward: train mode, one zeros image
         with torch.no_grad(), torch.random.fork_rng(devices=[]):  # Dropout: RNG untouched
             teacher.train()(torch.zeros(1, *config.input_shape))
@@ -262,12 +260,8 @@ def reference_logits(
     GenSoftenedLogits); the draws are seeded from the teacher, so all its students share them."""
     device = train_x.device
     last = channels_last(config, device)
-    k, size = config.num_classes, config.input_shape[1]
-    teacher = create_model(
-        config.teacher, k, generator=torch.Generator().manual_seed(0), image_size=size
-    )
-    teacher.load_state_dict(teacher_weights or {})
-    teacher = teacher.to(device).eval()
+    k = config.num_classes
+    teacher = load_teacher(config, teacher_weights).to(device).eval()
     if last:
         teacher.to(memory_format=torch.channels_last)
     who = str(config.teacher_hash or config.teacher)
