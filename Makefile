@@ -1,34 +1,66 @@
 # Two entry points: `make run` (default experiment on the bundled MNIST) and `make test`.
+# `make run` installs what running needs; `make test` adds the development tools; `make docs`
+# the documentation tools. Each step installs into .venv only once (stamp files).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install -q -c $(TORCH_CONSTRAINTS)
 TORCH_CONSTRAINTS ?= constraints.txt
 OUTDIR ?= outputs/default
 
-.PHONY: run test lint format bench clean
+.PHONY: run test test-all test-docs docs docs-serve wheel-check lint format bench clean
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+$(VENV)/.venv:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c $(TORCH_CONSTRAINTS) -e '.[dev]'
 	touch $@
 
-run: $(VENV)/.installed
+$(VENV)/.installed-run: $(VENV)/.venv pyproject.toml constraints.txt
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed-run
+	$(PIP) -e '.[dev]'
+	touch $@
+
+$(VENV)/.installed-docs: $(VENV)/.installed-run
+	$(PIP) -e '.[docs]'
+	touch $@
+
+run: $(VENV)/.installed-run
 	$(VENV)/bin/sublim run --device cpu --outdir $(OUTDIR)
 
-test: $(VENV)/.installed
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
-	$(PY) -m pytest -q -m "not slow"
+test: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check src tests benchmarks docs
+	$(VENV)/bin/ruff format --check src tests benchmarks docs
+	$(PY) -m pytest -q -m "not slow and not docs"
 
-lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check src tests benchmarks
+# the tutorials' commands and the notebook, executed at small scale (several minutes)
+test-docs: $(VENV)/.installed-dev
+	$(PY) -m pytest -q -m docs
 
-format: $(VENV)/.installed
-	$(VENV)/bin/ruff format src tests benchmarks
+# everything, the slow scientific checks included
+test-all: $(VENV)/.installed-dev
+	$(PY) -m pytest -q
 
-bench: $(VENV)/.installed
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-serve: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
+
+# build the wheel and sdist, install the wheel into a clean venv, run sublim from it
+wheel-check: $(VENV)/.installed-dev
+	bash .ci/wheel_check.sh $(PY)
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check src tests benchmarks docs
+
+format: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff format src tests benchmarks docs
+
+bench: $(VENV)/.installed-run
 	$(PY) benchmarks/default_run.py
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache .ruff_cache
+	rm -rf $(VENV) outputs site dist build .pytest_cache .ruff_cache

@@ -226,6 +226,8 @@ class KDConfig:
     # ImageNet weights to start from: a torchvision-layout .pth path or "auto" (download); the
     # weights' identity (`pretrained_id`, set when the file is resolved) enters the hash
     pretrained: str | None = None
+    # the pretrained weights' identity, set from `pretrained` (the published file's name, which
+    # carries its sha256 prefix, or "sha256:" of a local file); never written in a spec
     pretrained_id: str | None = None
     backbone_lr_mult: float = 0.01  # with pretrained weights: lr of the layers before the head
     # ViT position grid from a pretrained file: "torchvision" keeps the class position first;

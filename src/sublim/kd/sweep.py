@@ -65,23 +65,29 @@ from .autolayers import resolve_planned, resolve_ready
 from .config import METHOD_NAMES, STUDENT_FIELDS, KDConfig
 from .experiment import Experiment, experiment_dir
 
-TOP_KEYS = (
-    "name",
-    "description",
-    "seeds",
-    "teacher",
-    "student",
-    "pairs",
-    "params",
-    "base",
-    "teacher_recipe",
-    "grid",
-    "conditions",
-    "preset",
-    "layers",
-    "track",
-    *("reference_behaviour", "teacher_seed"),  # whole-sweep fields, as if in [base]
-)
+# The top-level keys of a spec and what each means (the documentation's reference is made
+# from this table; a key missing here is refused).
+TOP_KEY_HELP: dict[str, str] = {
+    "name": "the sweep's name",
+    "description": "free text describing the sweep, for its readers",
+    "seeds": 'the seeds: "0..2" (inclusive), a list, or an int n for 0..n-1',
+    "teacher": "the teacher model of every student (or use [[pairs]])",
+    "student": "the student model (or use [[pairs]])",
+    "pairs": "[[pairs]] entries: teacher, student and optional params.<method> of their own",
+    "params": "[params.<method>]: a method's parameters wherever it runs",
+    "base": "KDConfig fields for teachers and students alike",
+    "teacher_recipe": "KDConfig fields that differ for the teacher trainings",
+    "grid": "student fields with lists of values; every combination is one experiment",
+    "conditions": "named bundles of student fields, [conditions.<name>]: one more axis, "
+    "condition, whose name is the experiment's label in reports",
+    "preset": "a recipe preset (e.g. kd-wo-ce-50e) under every experiment's explicit fields",
+    "layers": '[layers.<model>]: named layer lists, referred to as "@name" in '
+    "teacher_layers / student_layers, optionally per dataset",
+    "track": "tracking targets as for --track (tensorboard:DIR, mlflow, mlflow:URI)",
+    "reference_behaviour": "as --reference-behaviour, for the whole sweep (as if in [base])",
+    "teacher_seed": "as --teacher-seed, for the whole sweep (as if in [base])",
+}
+TOP_KEYS = tuple(TOP_KEY_HELP)
 TOP_FIELDS = ("reference_behaviour", "teacher_seed")
 PAIR_KEYS = ("teacher", "student", "params")
 LAYER_KEYS = ("teacher_layers", "student_layers")  # may be "@name" lists of [layers.MODEL]

@@ -26,19 +26,24 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-TOP_KEYS = (
-    "name",
-    "description",
-    "figure",
-    "preset",
-    "seeds",
-    "label",
-    "base",
-    "grid",
-    "zip",
-    "conditions",
-    "track",
-)
+# The top-level keys of a spec and what each means (the documentation's reference is made
+# from this table; a key missing here is refused).
+TOP_KEY_HELP: dict[str, str] = {
+    "name": "the sweep's name: its output directory under --outdir and the sweep_name column",
+    "description": "free text describing the sweep, for its readers",
+    "figure": "the paper figure the sweep reproduces, for its readers (the report takes the "
+    "figure from the sweep name, fig2_... -> 2, or from sublim report --figure)",
+    "preset": "a published setup applied under every explicit field (sublim run --preset)",
+    "seeds": 'the seeds: "0..19" (inclusive), a list, or an int n for 0..n-1',
+    "label": 'a format string over the axis names, e.g. "m={m}": each run\'s run_label',
+    "base": "config fields shared by every run",
+    "grid": "axes (lists of values, {range = [a, b]} or {linspace = [start, stop, n]}) "
+    "whose cartesian product gives the runs",
+    "zip": "axes advanced together (equal lengths), crossed with the grid",
+    "conditions": "named bundles of overrides, [conditions.<name>]: one more axis, condition",
+    "track": "tracking targets as for --track (tensorboard:DIR, mlflow, mlflow:URI)",
+}
+TOP_KEYS = tuple(TOP_KEY_HELP)
 CONFIG_FIELDS = tuple(f.name for f in fields(ExperimentConfig))
 # fields a spec may not set: they belong to the sweep command, not to the experiment
 SWEEP_OWNED = ("seed", "outdir", "sweep_name", "run_label", "condition", "append_global")
