@@ -152,6 +152,12 @@ class Distiller(nn.Module):
     name: ClassVar[str] = ""
     default_weight: ClassVar[float] = 1.0  # the reference recipe's loss weight
     ce_weight: ClassVar[float] = 1.0  # the reference recipe's cross-entropy weight
+    # parameter -> its meaning, one line each (the documentation's methods page reads it; a test
+    # holds every keyword-only parameter of `__init__` to having one)
+    param_help: ClassVar[dict[str, str]] = {
+        "weight": "loss weight multiplying the method's loss terms; None: the method's reference "
+        "weight (`default_weight`), or 1 when the experiment sets `alpha`",
+    }
     # whether the student's logits come from the distiller (`tail_logits`), not its own head
     uses_tail: bool = False
     student_taps: tuple[str, ...]

@@ -4,7 +4,7 @@ attention transfer (Zagoruyko & Komodakis 2017), factor transfer (Kim et al. 201
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, get_args
+from typing import ClassVar, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -93,6 +93,16 @@ class FitNets(Distiller):
     name = "fitnets"
     default_weight = 100.0
     ce_weight = 1.0
+    param_help: ClassVar[dict[str, str]] = {
+        "guided": "the student tap (a C x H x W feature map) the regressor reads, the paper's "
+        "guided layer; None: the student's second benchmark feature (RepDistiller's feat[2])",
+        "hint": "the teacher tap (a C x H x W feature map) the regressed student map must match, "
+        "the paper's hint layer; None: the teacher's second benchmark feature (feat[2])",
+        "use_relu": "whether the regressor (conv + BatchNorm) ends with a ReLU, as RepDistiller's "
+        "ConvReg does by default",
+        "weight": "loss weight of the hint MSE; None: 100, RepDistiller's `-b 100`, or 1 when the "
+        "experiment sets `alpha`",
+    }
 
     def __init__(
         self,
@@ -145,6 +155,16 @@ class AT(Distiller):
     name = "at"
     default_weight = 1000.0
     ce_weight = 1.0
+    param_help: ClassVar[dict[str, str]] = {
+        "student_taps": "the student's feature maps, paired in order with `teacher_taps`; None: "
+        "every benchmark feature (RepDistiller's feat[1:-1])",
+        "teacher_taps": "the teacher's feature maps, as many as `student_taps`; None: every "
+        "benchmark feature (feat[1:-1])",
+        "p": "exponent of the attention map normalize(mean over channels of f^p) (2: the paper's "
+        "and RepDistiller's value)",
+        "weight": "loss weight of the summed attention losses; None: 1000, RepDistiller's "
+        "`-b 1000`, or 1 when the experiment sets `alpha`",
+    }
 
     def __init__(
         self,
@@ -253,6 +273,26 @@ class FT(Distiller):
     name = "ft"
     default_weight = 200.0
     ce_weight = 1.0
+    param_help: ClassVar[dict[str, str]] = {
+        "student_tap": "the student feature map the translator reads; None: the student's last "
+        "benchmark feature (RepDistiller's feat[-2])",
+        "teacher_tap": "the teacher feature map the paraphraser encodes; None: the teacher's last "
+        "benchmark feature (feat[-2])",
+        "rate": "paraphrase rate k: the factor has int(k x teacher channels) channels (0.5: "
+        "RepDistiller's value)",
+        "paraphraser_bn": "whether the paraphraser's convolutions are followed by BatchNorm (off "
+        "in RepDistiller)",
+        "translator_bn": "whether the translator's convolutions are followed by BatchNorm (on in "
+        "RepDistiller)",
+        "formula": "the loss between the factors: repdistiller (mean absolute difference of the "
+        "factors' attention maps, RepDistiller's FactorTransfer) or authors (the paper's eq. (3): "
+        "L1 between the L2-normalised flattened factors)",
+        "paraphraser_lr": "constant SGD learning rate of the paraphraser's pre-training stage "
+        "(`--init-epochs`); None: the recipe's `--lr` (0.01: RepDistiller's value for ResNet and "
+        "WRN students)",
+        "weight": "loss weight of the factor-transfer loss; None: 200, RepDistiller's `-b 200`, "
+        "or 1 when the experiment sets `alpha`",
+    }
 
     def __init__(
         self,

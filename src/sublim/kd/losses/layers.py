@@ -47,7 +47,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Sequence
-from typing import Annotated, Literal, get_args
+from typing import Annotated, ClassVar, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -220,6 +220,52 @@ class FeatureKD(Distiller):
     name = "fkd"
     default_weight = 1.0
     ce_weight = 1.0
+    param_help: ClassVar[dict[str, str]] = {
+        "student_layers": "the student's generalized layers to distil, by index (negative counts "
+        "from the end; `sublim kd layers MODEL` lists them); `sublim kd` fills in the paper's "
+        "standard list for the model when it has one",
+        "teacher_layers": "the teacher's generalized layers, by index, or auto:METRIC: the "
+        "teacher's k best layers by that layer-quality metric (k = the number of student "
+        "layers); `sublim kd` fills in the paper's standard list for the model when it has one",
+        "mapping": "which layers are compared: one2one (student layer i with teacher layer i), "
+        "full (every student layer with every teacher layer, weight 1/k each: Base FKD+FC) or "
+        "attention (SemCKD's learned per-sample weights over the teacher layers)",
+        "projector": "the learned map from a student feature to the teacher's channels: conv1x1 "
+        "(one 1x1 convolution without bias: SingleLayerConv) or embed (1x1 -> BN -> ReLU -> "
+        "3x3 -> BN -> ReLU -> 1x1, width 2 C_t: ThreeLayerConv)",
+        "relation": "what is matched: mse (projected student features against teacher features) "
+        "or sp (the batches' cosine-similarity matrices, Sim. Pres.; no projector, one2one only)",
+        "separate_head": "the paper's method (Ours): the backbone up to the last distilled "
+        "student layer learns from the feature loss alone, the layers after it from "
+        "cross-entropy on that layer's detached output",
+        "logit_loss": "a logit loss added on top (the paper's +LL, the baselines' +VKD): none, kd "
+        "(Hinton KD, T^2 x KL) or kd_std (KD on z-scored logits)",
+        "temperature": "softening temperature T of the logit loss, which is multiplied by T^2 "
+        "(4: the paper's value); unused without `logit_loss`",
+        "logit_weight": "weight of the logit loss (the `kd` term; not multiplied by `weight`)",
+        "zscore_eps": "added to the per-sample standard deviation when `logit_loss` is kd_std "
+        "(1e-6: the reference code's VKDNormalized)",
+        "attention_dims": "output widths of the Linear + LeakyReLU layers of the attention MLPs "
+        "that embed Gram-matrix rows (mapping attention only)",
+        "batch_size": "input width of the attention MLPs, the longest batch (shorter Gram rows "
+        "are zero-padded; mapping attention only); `sublim kd` fills in the experiment's batch size",
+        "sp_first_row_only": "compare only the first row of each batch similarity matrix in "
+        "relation sp, as the reference code does (a bug; off compares the whole matrix)",
+        "classifier": "where the student's logits come from: student (its own head) or "
+        "teacher_tail (a trainable copy of the teacher's layers after the last distilled one, "
+        "run on the projected last student feature: the paper's SimKD variant)",
+        "tail_start": "where the teacher-tail copy starts: after the last distilled teacher "
+        "layer, or at it (the reference code, which runs that layer twice)",
+        "tail_mode": "the teacher tail's train/eval mode: follow (train in training, eval at "
+        "test) or pinned to eval or train for the whole run, as the reference's deep copy is",
+        "projector_bn": "the projectors' BatchNorm mode: follow (the distiller's) or train (kept "
+        "in train mode at test, as in the reference code)",
+        "vit_teacher_view": "reshape a ViT teacher's (tokens, D) features to (D, tokens) with "
+        "`view` instead of transposing, as the reference code does (a fixed scramble of the "
+        "MSE targets)",
+        "weight": "loss weight of the feature loss (the `feat` term; not of the logit loss); "
+        "None: 1, the paper's LSLossWeight",
+    }
 
     def __init__(
         self,

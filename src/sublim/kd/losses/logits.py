@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -52,6 +54,12 @@ class KD(_LogitDistiller):
     name = "kd"
     default_weight = 0.9
     ce_weight = 0.1
+    param_help: ClassVar[dict[str, str]] = {
+        "temperature": "softening temperature T of both softmaxes; the KL is multiplied by T^2 "
+        "(4: RepDistiller's CIFAR-100 value)",
+        "weight": "loss weight of the KD term; None: 0.9, RepDistiller's `-a 0.9` (with "
+        "cross-entropy weight 0.1), or 1 when the experiment sets `alpha`",
+    }
 
     def __init__(
         self,
@@ -103,6 +111,14 @@ class LogitStd(_LogitDistiller):
     name = "logit_std"
     default_weight = 9.0
     ce_weight = 0.1
+    param_help: ClassVar[dict[str, str]] = {
+        "temperature": "base temperature tau dividing the z-scored logits; the KL is multiplied "
+        "by tau^2 (2: the authors' `--base-temp 2`; 4 in KD_wo_CE's VKDNormalized)",
+        "eps": "added to the per-sample standard deviation in the z-score (z - mean) / (eps + "
+        "std) (1e-7: the authors' `normalize`; 1e-6 in KD_wo_CE)",
+        "weight": "loss weight of the KD term on z-scored logits; None: 9, the authors' "
+        "`--kd-weight 9` (with cross-entropy weight 0.1), or 1 when the experiment sets `alpha`",
+    }
 
     def __init__(
         self,
@@ -153,6 +169,17 @@ class DKD(_LogitDistiller):
     name = "dkd"
     default_weight = 1.0
     ce_weight = 1.0
+    param_help: ClassVar[dict[str, str]] = {
+        "alpha": "weight of the target-class term TCKD (1: mdistiller's CIFAR-100 config)",
+        "beta": "weight of the non-target-class term NCKD (8: mdistiller's default; its "
+        "per-pair configs use 2 or 6 for some pairs, see above)",
+        "temperature": "softening temperature T of both terms, each multiplied by T^2 (4: "
+        "mdistiller's value)",
+        "warmup_epochs": "epochs over which the loss ramps up linearly, min((epoch + 1) / "
+        "warmup_epochs, 1) for the 0-based epoch; 0: no warm-up (20: mdistiller's value)",
+        "weight": "overall weight multiplying both TCKD and NCKD; None: 1 (mdistiller's DKD "
+        "has only alpha and beta)",
+    }
 
     def __init__(
         self,

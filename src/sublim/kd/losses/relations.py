@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +57,17 @@ class RKD(Distiller):
     name = "rkd"
     default_weight = 1.0
     ce_weight = 1.0
+    param_help: ClassVar[dict[str, str]] = {
+        "student_tap": "the student tap whose flattened per-sample output is the embedding "
+        '("pool": the pooled feature, RepDistiller\'s feat[-1])',
+        "teacher_tap": "the teacher tap whose flattened per-sample output is the embedding "
+        '("pool", RepDistiller\'s feat[-1])',
+        "distance_weight": "weight of the distance-wise Huber loss (25: the paper's and "
+        "RepDistiller's value)",
+        "angle_weight": "weight of the angle-wise Huber loss (50: the paper's and RepDistiller's "
+        "value)",
+        "weight": "overall weight multiplying both terms; None: 1, RepDistiller's `-b 1`",
+    }
 
     def __init__(
         self,
@@ -121,6 +133,14 @@ class NST(Distiller):
     name = "nst"
     default_weight = 50.0
     ce_weight = 1.0
+    param_help: ClassVar[dict[str, str]] = {
+        "student_taps": "the student's feature maps, paired in order with `teacher_taps`; None: "
+        "every benchmark feature (RepDistiller's feat[1:-1])",
+        "teacher_taps": "the teacher's feature maps, as many as `student_taps`; None: every "
+        "benchmark feature (feat[1:-1])",
+        "weight": "loss weight of the summed squared MMDs; None: 50, RepDistiller's `-b 50`, or 1 "
+        "when the experiment sets `alpha`",
+    }
 
     def __init__(
         self,
@@ -176,6 +196,14 @@ class SP(Distiller):
     name = "sp"
     default_weight = 3000.0
     ce_weight = 1.0
+    param_help: ClassVar[dict[str, str]] = {
+        "student_tap": "the student tap whose flattened activations give the batch similarity "
+        "matrix (any shape); None: its last benchmark feature (RepDistiller's feat[-2])",
+        "teacher_tap": "the teacher tap whose flattened activations give the batch similarity "
+        "matrix; None: its last benchmark feature (feat[-2])",
+        "weight": "loss weight gamma; None: 3000, RepDistiller's `-b 3000` (the paper's CIFAR-10 "
+        "value), or 1 when the experiment sets `alpha`",
+    }
 
     def __init__(
         self,

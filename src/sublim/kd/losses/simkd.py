@@ -3,6 +3,8 @@ own classifier at test time."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -42,6 +44,16 @@ class SimKD(Distiller):
     name = "simkd"
     default_weight = 1.0
     ce_weight = 0.0
+    param_help: ClassVar[dict[str, str]] = {
+        "student_tap": "the student feature map the projector reads; None: its deepest "
+        'post-activation stage output "stageN"',
+        "teacher_tap": "the teacher feature map the projection must match, the one its "
+        'classifier pools; None: its deepest post-activation "stageN"',
+        "factor": "bottleneck reduction of the projector: its middle width is teacher channels "
+        "// factor (2: the authors' C_t / 2)",
+        "weight": "loss weight of the projection MSE; None: 1, the authors' `-b 1` (with "
+        "cross-entropy weight 0, `-c 0`)",
+    }
 
     def __init__(
         self,
