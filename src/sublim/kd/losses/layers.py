@@ -248,7 +248,8 @@ class FeatureKD(Distiller):
         "attention_dims": "output widths of the Linear + LeakyReLU layers of the attention MLPs "
         "that embed Gram-matrix rows (mapping attention only)",
         "batch_size": "input width of the attention MLPs, the longest batch (shorter Gram rows "
-        "are zero-padded; mapping attention only); `sublim kd` fills in the experiment's batch size",
+        "are zero-padded; mapping attention only); `sublim kd` fills in the experiment's "
+        "batch size",
         "sp_first_row_only": "compare only the first row of each batch similarity matrix in "
         "relation sp, as the reference code does (a bug; off compares the whole matrix)",
         "classifier": "where the student's logits come from: student (its own head) or "
