@@ -10,8 +10,8 @@
 # Usage: bash benchmarks/gpu_check.sh [--dry-run] [--keep]
 #   --dry-run  every step on the CPU with tiny sizes (CI runs it: tests/test_gpu_check.py)
 #   --keep     keep the work directory (printed at the end)
-# Python: $SUBLIM_PY if set, else .venv/bin/python (created with `make .venv/.installed` when
-# missing; on a CUDA machine run `make TORCH_CONSTRAINTS=/dev/null .venv/.installed` first if
+# Python: $SUBLIM_PY if set, else .venv/bin/python (created with `make .venv/.installed-dev` when
+# missing; on a CUDA machine run `make TORCH_CONSTRAINTS=/dev/null .venv/.installed-dev` first if
 # the pinned CPU torch is not wanted).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +30,7 @@ done
 if [[ -n "${SUBLIM_PY:-}" ]]; then
     PY="$SUBLIM_PY"
 else
-    [[ -x .venv/bin/python ]] || make -s .venv/.installed
+    [[ -x .venv/bin/python ]] || make -s .venv/.installed-dev
     PY=.venv/bin/python
 fi
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")"

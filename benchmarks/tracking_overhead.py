@@ -6,7 +6,7 @@ close at the end), so the time is the driver's whole tracking cost: building par
 metrics, and writing them (TensorBoard: one event file per run with HParams; MLflow: a child run
 per record under the sweep's parent, in its default SQLite store). Printed: ms per run and the
 share of a run's time in the paper's 16,260-run sweep (21.5 h projected on the 2-core reference
-CPU, README "Performance"; target: at most 5 %) and in figure 2 (96 s per 36 runs).
+CPU, docs/explanation/performance.md; target: at most 5 %) and in figure 2 (96 s per 36 runs).
 Usage: python benchmarks/tracking_overhead.py [--runs 500] [--stack 36]
 """
 

@@ -192,9 +192,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="training augmentation: crop=PIXELS (padded random crop), hflip=P, rotate, translate "
         "(default: crop=4,hflip=0.5; crop=4 for svhn, mnist, kmnist)",
     )
-    f = p.add_argument_group(
-        "reproducing the KD_wo_CE code (see the README's 'Reproducing KD_wo_CE exactly')"
-    )
+    f = p.add_argument_group("reproducing the KD_wo_CE code (see docs/how-to/reproduce.md)")
     f.add_argument(
         "--reference-behaviour",
         default=None,

@@ -171,7 +171,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         g.add_argument(
             f"--{role}-arch-spec",
             default=None,
-            help="CNN feature layers: a JSON list or a path to a JSON file (see README)",
+            help="CNN feature layers: a JSON list or a path to a JSON file (see docs/tutorials/03-cnn-rgb.md)",
         )
     g.add_argument("--m", default=str(d.m), help="aux head output dimension (default: %(default)s)")
     g.add_argument(

@@ -1,7 +1,7 @@
 """Many runs that share a teacher, trained as one stacked student: `run_group`.
 
 Batching is invisible: `run_group(configs)` returns what `[run(c) for c in configs]` would,
-within float tolerance (bmm instead of mm changes summation order; see README). Two savings:
+within float tolerance (bmm instead of mm changes summation order; see docs/explanation/performance.md). Two savings:
 
 * Stacking. Students with the same architecture (MLP widths or CNN spec), noise settings and
   learning rate train as K models in one, whatever their teachers, init sources, m, losses or

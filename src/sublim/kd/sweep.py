@@ -70,7 +70,7 @@ from .experiment import Experiment, experiment_dir
 TOP_KEY_HELP: dict[str, str] = {
     "name": "the sweep's name",
     "description": "free text describing the sweep, for its readers",
-    "seeds": 'the seeds: "0..2" (inclusive), a list, or an int n for 0..n-1',
+    "seeds": 'the seeds: "0..2" (inclusive), "0,3,5", a list, or one int (that seed alone)',
     "teacher": "the teacher model of every student (or use [[pairs]])",
     "student": "the student model (or use [[pairs]])",
     "pairs": "[[pairs]] entries: teacher, student and optional params.<method> of their own",

@@ -34,7 +34,7 @@ TOP_KEY_HELP: dict[str, str] = {
     "figure": "the paper figure the sweep reproduces, for its readers (the report takes the "
     "figure from the sweep name, fig2_... -> 2, or from sublim report --figure)",
     "preset": "a published setup applied under every explicit field (sublim run --preset)",
-    "seeds": 'the seeds: "0..19" (inclusive), a list, or an int n for 0..n-1',
+    "seeds": 'the seeds: "0..19" (inclusive), "0,3,5", a list, or one int (that seed alone)',
     "label": 'a format string over the axis names, e.g. "m={m}": each run\'s run_label',
     "base": "config fields shared by every run",
     "grid": "axes (lists of values, {range = [a, b]} or {linspace = [start, stop, n]}) "
