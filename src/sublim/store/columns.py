@@ -128,19 +128,21 @@ OUTPUT_FILES: list[OutputFile] = [
     ),
     OutputFile(
         "<outdir>/tracking.json",
-        "With `--track`: where the runs were tracked (TensorBoard folders, MLflow stores, each "
-        "with the command that opens it; `sublim report --html` lists them) and the MLflow "
-        "parent run a rerun of the sweep continues.",
+        "With `--track` (`sublim run`, `sweep` and `kd`): where the work was tracked "
+        "(TensorBoard folders, MLflow stores, each with the command that opens it; `sublim "
+        "report --html` lists them) and, for runs and sweeps, the MLflow parent runs that a "
+        "rerun continues.",
     ),
     OutputFile(
         "<outdir>/.sublim.lock, <outdir>/.sublim.journal, <experiment>/.sublim.lock",
         "Machinery of the writer, never to be edited. `.sublim.lock` is the writer lock "
         "(an OS file lock, released when the process ends, even if it dies; the file itself "
-        "stays and names the last holder): two writers to one directory wait for each other "
-        "instead of interleaving rows. `.sublim.journal` exists only while a run's rows are "
-        "being written, or after a writer was killed mid-write: the next writer to open the "
-        "directory completes that write from it, so a run's rows appear in every file or in "
-        "none. A KD experiment's `.sublim.lock` lets one process at a time train it.",
+        "stays and names the last holder): a second writer to the directory waits (`sublim "
+        "run`, up to 2 minutes) or is refused (`sublim sweep`), never interleaving rows. "
+        "`.sublim.journal` exists only while a run's rows are being written, or after a writer "
+        "was killed mid-write: the next writer to open the directory completes that write from "
+        "it, so a run's rows appear in every file or in none. A KD experiment's `.sublim.lock` "
+        "lets one process at a time train it.",
     ),
     # ------------------------------------------------------------------------------ sublim kd
     OutputFile(
