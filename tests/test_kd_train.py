@@ -512,3 +512,16 @@ def test_evaluation_is_gradient_free_and_channels_last_equals_nchw(
     last = kd_train.evaluate(models, data.test_x, data.test_y, norm, False, last=True)
     assert grad_modes and not any(grad_modes)
     assert last[1] == nchw[1] and last[0] == pytest.approx(nchw[0], rel=1e-5)
+
+
+def test_dropout_models_repeat_exactly(cifar: Path, tmp_path: Path) -> None:
+    """vgg11_bn's classifier has Dropout, which draws from the global RNG: seeded per run."""
+    histories = []
+    for run in ("a", "b"):
+        torch.manual_seed(int(run == "b"))  # a different global state before each run
+        config = _config(
+            cifar, tmp_path / run, model="vgg11_bn", epochs=1, train_limit=50, test_limit=50
+        )
+        assert run_experiment(config)["status"] == "completed"
+        histories.append(json.loads((experiment_dir(config) / "metrics.json").read_text()))
+    assert histories[0] == histories[1]

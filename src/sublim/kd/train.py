@@ -435,6 +435,8 @@ def train(
         torch.set_rng_state(resume["rng"])
         if resume.get("cuda_rng") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(resume["cuda_rng"])
+    else:  # Dropout (vgg*_bn classifiers) draws from the global RNG: seeded, so runs repeat
+        torch.manual_seed(seeds.derive(config.seed, "kd", "dropout"))
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     test_x, test_y = data.test_x.to(device), data.test_y.to(device)  # moved once, not per epoch
     if config.teacher_logits == "reference" and models.distiller is not None:
