@@ -362,8 +362,9 @@ def outputs_page() -> str:
 
     parts = [
         "# Output files and columns\n\n",
-        "Generated from `sublim.store.schema`, where the column lists live once for every "
-        "writer and reader. Column names and their order are a contract with analysis "
+        "Generated from `sublim.store.columns`: the column lists come from "
+        "`sublim.store.schema`, where they live once for every writer and reader, and tests "
+        "hold every file sublim writes to this list. Column names and their order are a contract with analysis "
         "scripts: the reference's columns come first, in its order, then sublim's additions.\n\n",
     ]
     for spec in schema.OUTPUT_FILES:

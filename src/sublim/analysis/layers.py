@@ -188,7 +188,9 @@ def _draw(
     ax.errorbar(
         xs,
         mean,
-        yerr=np.nan_to_num(np.vstack([low, high])),
+        # identical values (a layer's CKA repeats on its weight and bias rows) can put the mean
+        # 1e-16 outside its interval: clipped, as matplotlib refuses negative error bars
+        yerr=np.clip(np.nan_to_num(np.vstack([low, high])), 0.0, None),
         color=color,
         marker=marker,
         mfc=fill,
