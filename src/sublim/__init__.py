@@ -12,6 +12,7 @@ __version__ = "0.2.0"
 
 if TYPE_CHECKING:
     from .config import ExperimentConfig
+    from .engine import run_many
     from .records import RunRecord
 
 
@@ -35,4 +36,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-__all__ = ["ExperimentConfig", "__version__", "run"]
+__all__ = ["ExperimentConfig", "__version__", "run", "run_many"]
