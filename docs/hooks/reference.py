@@ -14,6 +14,7 @@ import dataclasses
 import inspect
 import io
 import json
+import re
 import tokenize
 import typing
 from collections.abc import Iterator
@@ -29,9 +30,18 @@ NOTEBOOK = ROOT / "notebooks" / "quickstart.ipynb"
 # ---------------------------------------------------------------------------------------------
 
 
+def _text(text: object) -> str:
+    """Text made safe for Markdown: a bare <outdir> stays visible instead of becoming an HTML
+    tag (code spans are left alone: Markdown shows their text as it is)."""
+    parts = re.split(r"(`[^`]*`)", str(text))
+    return "".join(
+        p if p.startswith("`") else p.replace("<", "&lt;").replace(">", "&gt;") for p in parts
+    )
+
+
 def _cell(text: object) -> str:
     """Text made safe for one Markdown table cell."""
-    return " ".join(str(text).split()).replace("|", "\\|")
+    return _text(" ".join(str(text).split())).replace("|", "\\|")
 
 
 def _code(text: object) -> str:
@@ -131,7 +141,7 @@ def cli_page() -> str:
         if one_line and path != "sublim":
             parts.append(f"*{_cell(one_line)}*\n\n")
         if parser.description:
-            parts.append(" ".join(parser.description.split()) + "\n\n")
+            parts.append(_text(" ".join(parser.description.split())) + "\n\n")
         formatter = parser._get_formatter()
         formatter.add_usage(parser.usage, parser._actions, parser._mutually_exclusive_groups, "")
         usage = formatter.format_help().strip()
@@ -227,8 +237,6 @@ def config_rows(
         dest = (aliases or {}).get(f.name, f.name)
         flag, help_text = flag_helps.get(dest, ("", ""))
         meaning = help_text or comments.get(f.name, "")
-        if help_text and comments.get(f.name) and comments[f.name] not in help_text:
-            meaning = f"{help_text} ({comments[f.name]})"
         rows.append((f.name, _type_text(hints.get(f.name, f.type)), default, flag, meaning))
     return rows
 
@@ -279,17 +287,20 @@ def _spec_section(title: str, keys: dict[str, str], rows: list, owned: tuple[str
     parts.append("\n### Fields\n\n")
     parts.append(
         "Each may appear in `[base]`, in a `[grid]` or `[zip]` axis (as a list of values) and "
-        "in a condition's table. The flag column names the command-line flag that sets the "
-        "same field.\n\n"
+        "in a condition's table. Each meaning starts with the command-line flag that sets the "
+        "same field, when there is one.\n\n"
     )
     table = []
     for name, tp, default, flag, meaning in rows:
         if name in owned:
             meaning = f"set by the sweep, not by the spec. {meaning}"
-        table.append(
-            [_code(name), _code(tp), _value(default), _code(flag) if flag else "", _cell(meaning)]
-        )
-    parts.append(_table(["field", "type", "default", "flag", "meaning"], table) + "\n")
+        if flag:
+            meaning = f"{_code(flag)}: {_cell(meaning)}"
+        else:
+            meaning = _cell(meaning)
+        field_cell = f"{_code(name)}<br><small>{_cell(tp)}</small>"
+        table.append([field_cell, _value(default), meaning])
+    parts.append(_table(["field", "default", "flag: meaning"], table) + "\n")
     return "".join(parts)
 
 
@@ -344,7 +355,7 @@ def methods_page() -> str:
     rows = method_rows()
     for name, cls in METHODS.items():
         parts.append(f"## `{name}`\n\n")
-        doc = inspect.cleandoc(cls.__doc__ or "")
+        doc = _text(inspect.cleandoc(cls.__doc__ or ""))
         parts.append(doc + "\n\n")
         table = [[_code(p), _cell(acc), _value(d), _cell(m)] for p, acc, d, m in rows[name]]
         parts.append(_table(["parameter", "accepts", "default", "meaning"], table) + "\n")
@@ -368,7 +379,7 @@ def outputs_page() -> str:
         "scripts: the reference's columns come first, in its order, then sublim's additions.\n\n",
     ]
     for spec in schema.OUTPUT_FILES:
-        parts.append(f"## `{spec.name}`\n\n{spec.what}\n\n")
+        parts.append(f"## `{spec.name}`\n\n{_text(spec.what)}\n\n")
         if spec.columns:
             rows = [
                 [str(i), _code(c), _cell(spec.help.get(c) or schema.COLUMN_HELP.get(c, ""))]
