@@ -31,8 +31,8 @@ run: $(VENV)/.installed-run
 	$(VENV)/bin/sublim run --device cpu --outdir $(OUTDIR)
 
 test: $(VENV)/.installed-dev
-	$(VENV)/bin/ruff check src tests benchmarks docs
-	$(VENV)/bin/ruff format --check src tests benchmarks docs
+	$(VENV)/bin/ruff check src tests benchmarks docs notebooks
+	$(VENV)/bin/ruff format --check src tests benchmarks docs notebooks
 	$(PY) -m pytest -q -m "not slow and not docs"
 
 # the tutorials' commands and the notebook, executed at small scale (several minutes)
@@ -54,10 +54,10 @@ wheel-check: $(VENV)/.installed-dev
 	bash .ci/wheel_check.sh $(PY)
 
 lint: $(VENV)/.installed-dev
-	$(VENV)/bin/ruff check src tests benchmarks docs
+	$(VENV)/bin/ruff check src tests benchmarks docs notebooks
 
 format: $(VENV)/.installed-dev
-	$(VENV)/bin/ruff format src tests benchmarks docs
+	$(VENV)/bin/ruff format src tests benchmarks docs notebooks
 
 bench: $(VENV)/.installed-run
 	$(PY) benchmarks/default_run.py
