@@ -49,7 +49,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     sweep_p.add_argument(
         "--max-runs", default=None, help="run at most N of the pending runs this time"
     )
-    sweep_p.add_argument("--quiet", action="store_true", help="no progress bar")
+    sweep_p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bar and no plan lines: only the final summary line",
+    )
     add_track_argument(sweep_p)
     return sweep_p
 
