@@ -26,7 +26,7 @@ KD_METRICS = ("best_acc", "last_acc")
 
 def load_kd(root: str | os.PathLike[str], warn: Callable[[str], None]) -> pd.DataFrame:
     """One row per KD experiment below `root`: its status, configuration and accuracies."""
-    rows = []
+    found = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in ("report",))
         if "status.json" not in filenames or "config.json" not in filenames:
@@ -38,8 +38,16 @@ def load_kd(root: str | os.PathLike[str], warn: Callable[[str], None]) -> pd.Dat
         except (OSError, json.JSONDecodeError) as exc:
             warn(f"{folder}: unreadable status.json or config.json ({exc}); skipped")
             continue
-        if "role" not in config:
-            continue  # not a KD experiment
+        if "role" in config:  # else not a KD experiment
+            found.append((folder, status, config))
+    # A student's teacher enters its recipe by the teacher's own recipe (seed left out), not by
+    # the teacher's hash: students of different seeds, each with its teacher of the same recipe,
+    # pool; a teacher trained differently keeps them apart.
+    teachers = {
+        str(c.get("config_hash")): _recipe(c) for _, _, c in found if c.get("role") == "teacher"
+    }
+    rows = []
+    for folder, status, config in found:
         student = config.get("model")
         rows.append(
             {
@@ -54,18 +62,26 @@ def load_kd(root: str | os.PathLike[str], warn: Callable[[str], None]) -> pd.Dat
                 "epoch": status.get("epoch"),
                 "best_acc": status.get("best_acc", np.nan),
                 "last_acc": status.get("last_acc", np.nan),
-                "recipe": _recipe(config),
+                "recipe": _recipe(config, teachers),
                 "dir": str(folder),
             }
         )
     return pd.DataFrame(rows)
 
 
-def _recipe(config: dict) -> str:
-    """Short hash of everything but the seed and the paths: experiments that differ only by
-    seed share it, so they are summarised together."""
-    skip = {"seed", "data_dir", "outdir", "device", "teacher_checkpoint_path", "config_hash"}
-    text = json.dumps({k: v for k, v in config.items() if k not in skip}, sort_keys=True)
+def _recipe(config: dict, teachers: dict[str, str] | None = None) -> str:
+    """Short hash of everything but the seeds and the paths: experiments that differ only by
+    seed share it, so they are summarised together. `teachers` maps a teacher's config hash
+    to its recipe, which stands for the student's `teacher_hash` when known."""
+    skip = {
+        *("seed", "teacher_seed", "data_dir", "outdir", "device"),
+        *("teacher_checkpoint_path", "config_hash"),
+    }
+    kept = {k: v for k, v in config.items() if k not in skip}
+    teacher = str(kept.get("teacher_hash"))
+    if teachers and teacher in teachers:
+        kept["teacher_hash"] = f"recipe:{teachers[teacher]}"
+    text = json.dumps(kept, sort_keys=True)
     return hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
 
 
@@ -88,8 +104,10 @@ def kd_figure(summary: pd.DataFrame, dataset: str) -> Figure:
     keys = part[["teacher", "student", "method"]].drop_duplicates().values.tolist()
     pairs = {(t, s) for t, s, m in keys if t != "-"}
     one_pair = len(pairs) <= 1
-    labels = [m if t == "-" or one_pair else f"{m}\n{t}->{s}" for t, s, m in keys]
-    fig, axes = new_figure(min(PAGE_WIDTH, 1.0 + 0.55 * len(keys)), 3.0)
+    # a row without a teacher (a teacher's training, a student alone) is named by its model too:
+    # the teacher and the student alone differ only there
+    labels = [f"{s}\n{m}" if t == "-" else m if one_pair else f"{m}\n{t}->{s}" for t, s, m in keys]
+    fig, axes = new_figure(min(PAGE_WIDTH, max(4.8, 1.0 + 0.55 * len(keys))), 3.2)
     ax = axes[0][0]
     colors = series_colors(2)
     for j, metric in enumerate(KD_METRICS):
@@ -120,7 +138,7 @@ def kd_figure(summary: pd.DataFrame, dataset: str) -> Figure:
     )
     ax.set_ylabel("test accuracy")
     pair = f", {next(iter(pairs))[0]} -> {next(iter(pairs))[1]}" if one_pair and pairs else ""
-    ax.set_title(f"KD on {dataset}{pair}: best and last epoch (mean, CI over seeds)")
+    ax.set_title(f"KD on {dataset}{pair}\nbest and last epoch (mean and CI over seeds)")
     fig.legend(loc="outside lower center", ncol=2)
     finite = part["mean"].dropna()
     if len(finite):
@@ -185,8 +203,8 @@ def kd_gain_figure(gains: pd.DataFrame, metric: str = "best_acc") -> Figure:
     datasets = sorted(part["dataset"].unique())
     pairs = sorted({(t, s) for t, s in part[["teacher", "student"]].itertuples(index=False)})
     methods = sorted(part["method"].unique())
-    width = min(PAGE_WIDTH, 1.4 + 2.0 * len(datasets))
-    height = 0.6 + (0.25 * len(methods) + 0.5) * len(pairs)
+    width = min(PAGE_WIDTH, max(4.8, 1.4 + 2.0 * len(datasets)))
+    height = 0.9 + (0.25 * len(methods) + 0.5) * len(pairs)
     fig, axes = new_figure(width, height, nrows=len(pairs), ncols=len(datasets), sharey=True)
     for i, (teacher, student) in enumerate(pairs):
         for j, dataset in enumerate(datasets):
@@ -211,5 +229,5 @@ def kd_gain_figure(gains: pd.DataFrame, metric: str = "best_acc") -> Figure:
             if i == len(pairs) - 1:
                 ax.set_xlabel("gain over the student alone (points)")
     which = "best" if metric == "best_acc" else "last"
-    fig.suptitle(f"Distillation gain ({which}-epoch test accuracy; mean and CI over seeds)")
+    fig.suptitle(f"Distillation gain, {which}-epoch test accuracy\n(mean and CI over seeds)")
     return fig
