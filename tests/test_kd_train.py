@@ -525,3 +525,37 @@ def test_dropout_models_repeat_exactly(cifar: Path, tmp_path: Path) -> None:
         assert run_experiment(config)["status"] == "completed"
         histories.append(json.loads((experiment_dir(config) / "metrics.json").read_text()))
     assert histories[0] == histories[1]
+
+
+def test_sweep_task_leaves_an_experiment_trained_elsewhere_alone(
+    cifar: Path, tmp_path: Path
+) -> None:
+    """A sweep reaching an experiment another process is training reports it failed, but never
+    writes that experiment's status.json: the process holding its lock owns it."""
+    from sublim.kd.sweep import kd_task
+
+    config = _config(cifar, tmp_path, epochs=1)
+    folder = experiment_dir(config)
+    folder.mkdir(parents=True)
+    status = json.dumps({"status": "in_progress", "epoch": 3, "config_hash": config.config_hash})
+    (folder / "status.json").write_text(status)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from sublim.store.lock import DirLock; "
+            "from pathlib import Path; DirLock(Path(sys.argv[1])).acquire(None); print('held', flush=True); time.sleep(60)",
+            str(folder),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = kd_task(config)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result["status"] == "failed" and "another process" in result["error"]
+    assert (folder / "status.json").read_text() == status

@@ -59,7 +59,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from ..errors import StoreError, UserError
 from ..sweep.spec import SpecError, parse_seeds, read_toml, spec_track
 from .autolayers import resolve_planned, resolve_ready
 from .config import METHOD_NAMES, STUDENT_FIELDS, KDConfig
@@ -528,12 +528,12 @@ def kd_task(config: KDConfig, threads: int | None = None, track: Any = None) -> 
         return run_experiment(config, track=track)
     except Exception as exc:  # noqa: BLE001 (reported by the driver; the sweep goes on)
         error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
-        try:  # failures before training started (data, lock) also reach status.json
-            exp = Experiment(config)
-            if exp.status().get("status") != "failed":
-                exp.dir.mkdir(parents=True, exist_ok=True)
-                exp.write_status("failed", error=error)
-        except OSError:
+        try:  # failures before training started (data) also reach status.json, under the
+            # lock: an experiment another process is training keeps the status it writes
+            with Experiment(config) as exp:
+                if exp.status().get("status") != "failed":
+                    exp.write_status("failed", error=error)
+        except (OSError, StoreError):
             pass
         return {"status": "failed", "error": error}
 
