@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip install -q -c $(TORCH_CONSTRAINTS)
+PIP = $(PY) -m pip install -q -c $(TORCH_CONSTRAINTS)
 TORCH_CONSTRAINTS ?= constraints.txt
 OUTDIR ?= outputs/default
 
