@@ -37,7 +37,7 @@ test: $(VENV)/.installed-dev
 
 # the tutorials' commands and the notebook, executed at small scale (several minutes)
 test-docs: $(VENV)/.installed-dev
-	$(PY) -m pytest -q -m docs
+	$(PY) -m pytest -q -m docs --durations=0
 
 # everything, the slow scientific checks included
 test-all: $(VENV)/.installed-dev
