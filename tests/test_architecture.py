@@ -10,7 +10,7 @@ import sublim
 
 ROOT = Path(sublim.__file__).parent
 LOWER = ("config", "data", "models", "engine")
-HIGHER = ("store", "sweep", "analysis", "cli", "kd", "tracking")
+HIGHER = ("store", "sweep", "analysis", "cli", "kd", "tracking", "outputs")
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:

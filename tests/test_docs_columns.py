@@ -1,4 +1,4 @@
-"""The output reference (`sublim.store.columns`) documents every file, column and key sublim
+"""The output reference (`sublim.outputs`) documents every file, column and key sublim
 writes: real tiny runs of `sublim run`, `sublim kd` and `sublim kd analyze` write nothing that
 is not listed there with a meaning, so a new column or file cannot go undocumented."""
 
@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 import torch
 
-from sublim.store import columns
-from sublim.store import columns_kd as kd_cols
-from sublim.store import columns_runs as run_cols
+from sublim import outputs as columns
+from sublim.outputs import kd as kd_cols
+from sublim.outputs import runs as run_cols
 
 BY_NAME = {f.name: f for f in columns.OUTPUT_FILES}
 
@@ -184,26 +184,16 @@ def test_every_file_a_run_writes_is_documented(run_out: Path) -> None:
 def kd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """resnet8 trained alone on the first 200 bundled MNIST images for one epoch, analysed on
     8 images per class and compared with itself on 20 images."""
-    from sublim.kd.analyze import Settings, analyze, find_target
+    from kd_tiny import SMALL, tiny
+
+    from sublim.kd.analyze import analyze, find_target
     from sublim.kd.cka import compare
-    from sublim.kd.config import KDConfig
     from sublim.kd.runner import run_experiment
 
-    out = tmp_path_factory.mktemp("docs_kd")
-    config = KDConfig(
-        dataset="mnist",
-        data_dir=str(out / "none"),
-        outdir=str(out),
-        model="resnet8",
-        epochs=1,
-        batch_size=100,
-        train_limit=200,
-        test_limit=100,
-        device="cpu",
-    )
+    config = tiny(tmp_path_factory.mktemp("docs_kd"))
     folder = Path(run_experiment(config)["dir"])
     target = find_target(folder)
-    analyze(target, Settings(per_class_a=8, per_class_b=8), draw=False)
+    analyze(target, SMALL, draw=False)
     compare(target, target, samples=20)
     return folder
 

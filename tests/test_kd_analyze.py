@@ -7,29 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
+from kd_tiny import SMALL, tiny
 
 from sublim.cli.main import main
 from sublim.kd.analyze import CSV_NAME, KEY_NAME, Settings, analyze, find_target, read_rows
-from sublim.kd.config import KDConfig
 from sublim.kd.runner import run_experiment
-
-SMALL = Settings(per_class_a=8, per_class_b=8)
-
-
-def tiny(out: Path, **kw: object) -> KDConfig:
-    """resnet8 on the first 200 MNIST images, one epoch (seconds on a CPU)."""
-    fields = dict(
-        dataset="mnist",
-        data_dir=str(out / "none"),
-        outdir=str(out),
-        model="resnet8",
-        epochs=1,
-        batch_size=100,
-        train_limit=200,
-        test_limit=100,
-        device="cpu",
-    )
-    return KDConfig(**{**fields, **kw})
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import inspect
 import io
 import json
@@ -204,8 +205,8 @@ def field_comments(cls: type) -> dict[str, str]:
                     end += 1
                     inline = inline or comments.get(end)
             out[name] = " ".join(t for t in (text, inline or "") if t)
-        if not stripped or not stripped.startswith("#"):
-            pending = [] if stripped else pending
+        if stripped:  # a comment block belongs to the field right below it only
+            pending = []
     return out
 
 
@@ -253,11 +254,10 @@ def _value(value: Any) -> str:
     return _code(json.dumps(value) if isinstance(value, str) else value)
 
 
+@functools.cache
 def _parser_for(path: str) -> argparse.ArgumentParser:
-    for p, _, parser in iter_parsers():
-        if p == path:
-            return parser
-    raise KeyError(path)
+    """The parser of one command path, e.g. "sublim kd distill"."""
+    return {p: parser for p, _, parser in iter_parsers()}[path]
 
 
 def subliminal_spec_rows() -> tuple[dict[str, str], list[tuple[str, str, Any, str, str]]]:
@@ -273,10 +273,10 @@ def kd_spec_rows() -> tuple[dict[str, str], list[tuple[str, str, Any, str, str]]
     from sublim.kd.config import KDConfig
     from sublim.kd.sweep import TOP_KEY_HELP
 
-    helps = _flag_helps(_parser_for("sublim kd distill"))
-    helps.update(
-        {k: v for k, v in _flag_helps(_parser_for("sublim kd train-teacher")).items() if k}
-    )
+    helps = {
+        **_flag_helps(_parser_for("sublim kd distill")),
+        **_flag_helps(_parser_for("sublim kd train-teacher")),
+    }
     helps["model"] = helps.get("student", helps.get("model", ("", "")))
     return dict(TOP_KEY_HELP), config_rows(KDConfig, helps)
 
@@ -369,11 +369,11 @@ def methods_page() -> str:
 
 def outputs_page() -> str:
     """Every output file and its columns, in order, with their meaning."""
-    from sublim.store import columns as schema  # the files, their columns and meanings
+    from sublim import outputs as schema  # the files, their columns and meanings
 
     parts = [
         "# Output files and columns\n\n",
-        "Generated from `sublim.store.columns`: the column lists come from "
+        "Generated from `sublim.outputs`: the column lists come from "
         "`sublim.store.schema`, where they live once for every writer and reader, and tests "
         "hold every file sublim writes to this list. Column names and their order are a contract with analysis "
         "scripts: the reference's columns come first, in its order, then sublim's additions.\n\n",

@@ -8,7 +8,7 @@ alias is described as soon as it exists. Torch-free, like the rest of `sublim.st
 
 from __future__ import annotations
 
-from .schema import (
+from ..store.schema import (
     ALIAS_COMPARISONS,
     ALIAS_HEADS,
     ALIAS_METRICS,

@@ -3,8 +3,8 @@
 The key lists that exist in code are imported from where they live (the training loop's history
 keys, `kd analyze`'s leading columns, the report's summary statistics and KD axes); the others
 are written here from the code that fills them, and `tests/test_docs_columns.py` holds them to
-what the code really writes. Unlike the rest of `sublim.store`, this module imports torch (through
-`sublim.kd`) and pandas (through `sublim.analysis`): only the documentation and its test read it.
+what the code really writes. It imports torch (through `sublim.kd`) and pandas (through
+`sublim.analysis`): only the documentation and its test read it.
 """
 
 from __future__ import annotations

@@ -1,10 +1,13 @@
 """What every output file holds and what each of its columns means (the documentation's
-reference page is generated from this module; a test holds it to the files sublim writes).
+reference page is generated from this package; a test holds it to the files sublim writes).
+
+It sits at the top of the import graph, beside `cli`: it reads the column lists of the store,
+the KD training loop, `kd analyze` and the report, and nothing in sublim imports it.
 
 `COLUMN_HELP` gives the meaning of every column of the result CSVs of `sublim run` and
-`sublim sweep` (from `columns_runs`); `OUTPUT_FILES` lists every file sublim writes, in the
+`sublim sweep` (from `outputs.runs`); `OUTPUT_FILES` lists every file sublim writes, in the
 order of the reference page, with its columns or keys where it has them and, in `help`, the
-meanings of names that are not result-CSV columns (from `columns_runs` and `columns_kd`).
+meanings of names that are not result-CSV columns (from `outputs.runs` and `outputs.kd`).
 Column lists that live in code are imported from there, never repeated.
 """
 
@@ -13,9 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from . import columns_kd as kd
-from . import columns_runs as runs
-from .schema import LAYER_METRICS_COLUMNS, PERTURBATION_COLUMNS, RUNS_COLUMNS
+from ..store.schema import LAYER_METRICS_COLUMNS, PERTURBATION_COLUMNS, RUNS_COLUMNS
+from . import kd, runs
 
 
 @dataclass(frozen=True)
