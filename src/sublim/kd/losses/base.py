@@ -36,18 +36,22 @@ class TapShapes(dict[str, tuple[int, ...]]):
     `TapShapes.of(model, in_shape)`, which only reads `tap_shapes` and `feature_taps`.
     """
 
-    def __init__(self, shapes: Shapes, feature_taps: Sequence[str] = ()) -> None:
+    def __init__(
+        self, shapes: Shapes, feature_taps: Sequence[str] = (), preact_taps: Sequence[str] = ()
+    ) -> None:
         super().__init__((k, tuple(int(d) for d in v)) for k, v in shapes.items())
-        missing = [t for t in feature_taps if t not in self]
+        missing = [t for t in (*feature_taps, *preact_taps) if t not in self]
         if missing:
             raise ValueError(f"feature taps {missing} are not among the taps {sorted(self)}")
         self.feature_taps: tuple[str, ...] = tuple(feature_taps)
+        self.preact_taps: tuple[str, ...] = tuple(preact_taps)
 
     @classmethod
     def of(cls, model: object, in_shape: tuple[int, int, int] = (3, 32, 32)) -> TapShapes:
-        """The tap shapes of a `TapNet` for inputs of `in_shape`, with its feature taps."""
+        """The tap shapes of a `TapNet` for inputs of `in_shape`, with its feature and
+        pre-activation taps."""
         shapes = model.tap_shapes(in_shape)  # type: ignore[attr-defined]
-        return cls(shapes, getattr(model, "feature_taps", ()))
+        return cls(shapes, getattr(model, "feature_taps", ()), getattr(model, "preact_taps", ()))
 
 
 def _stage_taps(shapes: Shapes) -> list[str]:
@@ -74,6 +78,23 @@ def _feature_taps(shapes: Shapes) -> list[str]:
     not the BN-ReLU after them."""
     declared = getattr(shapes, "feature_taps", ())
     return list(declared) if declared else _stage_taps(shapes)
+
+
+def _preact_taps(shapes: Shapes, side: str, param: str) -> list[str]:
+    """The benchmark's features before their final activation (RepDistiller's preact=True
+    feat[1:-1]): the model's declared `preact_taps`, else 'stageK_pre' for every 'stageK'
+    feature tap that has one. DistillerConfigError when the model has none."""
+    declared = getattr(shapes, "preact_taps", ())
+    if declared:
+        return list(declared)
+    pre = [f"{k}_pre" for k in _stage_taps(shapes)]
+    if pre and all(k in shapes for k in pre):
+        return pre
+    raise DistillerConfigError(
+        param,
+        None,
+        f"needs pre-activation taps, but the {side} has none (taps: {sorted(shapes)})",
+    )
 
 
 def _last_feature(shapes: Shapes, side: str, param: str) -> str:

@@ -105,6 +105,10 @@ class TapNet(nn.Module):
     # last is its feat[-2]). Feature distillers (AT, NST, SP, FitNets, FT) read these by
     # default; empty means the post-activation "stage1".."stageN" taps.
     feature_taps: tuple[str, ...] = ()
+    # The same features taken before their final activation, where the family has one: what
+    # RepDistiller's `forward(x, is_feat=True, preact=True)` returns as feat[1:-1] (AB reads
+    # these, OFD and ReviewKD the teacher's). Empty: the model has no pre-activation taps.
+    preact_taps: tuple[str, ...] = ()
     # The attribute holding the head (from the first Linear on), for `param_groups`.
     head_name: str = "classifier"
 

@@ -52,6 +52,7 @@ class MobileNetV2(TapNet):
     tap_names = ("stem", "stage1", "stage2", "stage3", "stage4", "pool")
     linear_init = "normal"
     feature_taps = ("stage1", "stage2", "stage3", "stage4")  # RepDistiller's f1..f4
+    preact_taps = feature_taps  # the blocks end linear (BN, no ReLU): RepDistiller returns the same
     # (expansion t, channels c, blocks n, first stride s); t = 1 for the first group.
     SETTING = (
         (1, 16, 1, 1),

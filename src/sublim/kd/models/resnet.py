@@ -60,6 +60,7 @@ class CifarResNet(TapNet):
     )
     linear_init = "torch"
     feature_taps = ("stage1", "stage2", "stage3")  # RepDistiller: post-ReLU block outputs
+    preact_taps = ("stage1_pre", "stage2_pre", "stage3_pre")  # the residual sums
 
     def __init__(
         self, depth: int, widths: Sequence[int] = (16, 16, 32, 64), num_classes: int = 100

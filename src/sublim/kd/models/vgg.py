@@ -51,6 +51,7 @@ class VGG(TapNet):
     )
     linear_init = "normal"
     feature_taps = ("stage1", "stage2", "stage3", "stage4")  # RepDistiller: after the ReLU
+    preact_taps = ("stage1_pre", "stage2_pre", "stage3_pre", "stage4_pre")  # the BN outputs
 
     def __init__(self, cfg: Sequence[Sequence[int]], num_classes: int = 100) -> None:
         super().__init__()
