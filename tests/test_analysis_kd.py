@@ -79,3 +79,32 @@ def test_students_of_differently_trained_teachers_stay_apart(tmp_path: Path) -> 
         _experiment(tmp_path, f"s{seed}", _student(seed, teacher), 0.80)
     rows = _kd_rows(tmp_path)
     assert [r["n"] for r in rows] == [1, 1]
+
+
+def test_students_whose_auto_layers_differ_by_seed_pool_as_asked(tmp_path: Path) -> None:
+    # "auto:q" picks the teacher's layers per seed (per teacher); the user asked for one thing
+    for seed, chosen in ((0, [0, 1, 4]), (1, [0, 2, 5])):
+        teacher = _teacher(seed)
+        _experiment(tmp_path, f"t{seed}", teacher, 0.95)
+        student = _student(seed, teacher)
+        student["method_params"] = {"student_layers": [1, 2, 3], "teacher_layers": chosen}
+        student["teacher_layers_requested"] = "auto:q"
+        _experiment(tmp_path, f"s{seed}", student, 0.80)
+    (row,) = _kd_rows(tmp_path)
+    assert row["n"] == 2
+
+
+def test_auto_layer_resolution_records_what_was_asked(tmp_path: Path) -> None:
+    from sublim.kd.config import KDConfig
+
+    config = KDConfig(
+        role="student",
+        dataset="mnist",
+        model="resnet8",
+        teacher="resnet14",
+        method="fkd",
+        method_params={"student_layers": [1], "teacher_layers": [3]},
+        teacher_layers_requested="auto:q",
+    )
+    bare = config.replace(teacher_layers_requested=None)
+    assert config.config_hash == bare.config_hash  # a note for reports, not a new experiment

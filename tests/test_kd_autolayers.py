@@ -71,6 +71,7 @@ def test_auto_layers_are_the_top_k_by_the_metric_and_enter_the_hash(tmp_path: Pa
     resolved = resolve_auto_layers(auto, compute=False)
     assert resolved is not None
     assert resolved.method_params["teacher_layers"] == [3, 5, 7, 8]  # ascending, one2one
+    assert resolved.teacher_layers_requested == "auto:q"  # what the user asked, for reports
     assert resolved.config_hash != auto.config_hash
     assert resolved.config_hash == _student(teacher, [3, 5, 7, 8]).config_hash
     by_s = resolve_auto_layers(_student(teacher, "auto:s"), compute=False)

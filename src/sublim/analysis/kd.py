@@ -71,13 +71,17 @@ def load_kd(root: str | os.PathLike[str], warn: Callable[[str], None]) -> pd.Dat
 
 def _recipe(config: dict, teachers: dict[str, str] | None = None) -> str:
     """Short hash of everything but the seeds and the paths: experiments that differ only by
-    seed share it, so they are summarised together. `teachers` maps a teacher's config hash
+    seed share it, so they are summarised together (automatically chosen layers count as the
+    "auto:METRIC" the user asked for). `teachers` maps a teacher's config hash
     to its recipe, which stands for the student's `teacher_hash` when known."""
     skip = {
         *("seed", "teacher_seed", "data_dir", "outdir", "device"),
         *("teacher_checkpoint_path", "config_hash"),
     }
     kept = {k: v for k, v in config.items() if k not in skip}
+    requested = kept.pop("teacher_layers_requested", None)
+    if requested and isinstance(kept.get("method_params"), dict):  # "auto:q" as asked, not
+        kept["method_params"] = {**kept["method_params"], "teacher_layers": requested}  # per seed
     teacher = str(kept.get("teacher_hash"))
     if teachers and teacher in teachers:
         kept["teacher_hash"] = f"recipe:{teachers[teacher]}"

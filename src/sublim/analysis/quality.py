@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .plots import series_colors
+from .plots import series_colors, shared_legend
 from .style import PAGE_WIDTH, new_figure, styled
 
 QUALITY_CSV = "layer_quality.csv"
@@ -97,7 +97,7 @@ def quality_figure(frame: pd.DataFrame, title: str, top_k: int = 4) -> Figure:
     axes[0][0].set_ylabel("value")
     if len(frame) <= 40:
         axes[0][0].set_xticks(frame["index"])
-    axes[0][0].legend(loc="best", ncols=1)
+    shared_legend(fig, [axes[0][0]])  # below the panels: the curves fill the whole axes
     fig.suptitle(f"Layerwise knowledge quality: {title}")
     return fig
 
@@ -111,7 +111,7 @@ def depth_figure(tables: list[tuple[str, pd.DataFrame]], metric: str = "q") -> F
         ax.plot(frame["rel_depth"], frame[metric], marker="o", color=color, label=label)
     ax.set_xlabel("relative depth")
     ax.set_ylabel(LABELS.get(metric, metric))
-    ax.legend(loc="best")
+    shared_legend(fig, [ax])
     ax.set_title(f"{metric.upper()} against relative depth")
     return fig
 

@@ -187,7 +187,7 @@ def build_report(
         finally:
             close(fig)
     if options.html:
-        html = _html(outdir, runs, tables, by, sections, pngs, warnings, options)
+        html = _html(outdir, runs, tables, by, sections, pngs, warnings, options, len(kd_runs))
         _write(result, out_dir / "report.html", html.encode())
     return result
 
@@ -323,6 +323,7 @@ def _html(
     pngs: dict[str, list[tuple[str, bytes]]],
     warnings: list[str],
     options: ReportOptions,
+    n_kd: int = 0,
 ) -> str:
     level, method, n_boot = 100 * options.level, options.method, options.n_resamples
     configs = load_configs(outdir, warn=lambda _m: None)
@@ -345,10 +346,23 @@ def _html(
                 n_runs=n_runs,
             )
         )
+    found = [f"{len(runs)} runs"] if not runs.empty else []
+    if n_kd:
+        found.append(f"{n_kd} KD experiments")
+    grouping = (
+        f"; summary.csv groups the runs by {', '.join(by) or 'nothing (one group)'}"
+        if not runs.empty
+        else ""
+    )
+    if n_kd:
+        grouping += (
+            "; kd_summary.csv groups KD experiments by dataset, teacher, student and method "
+            "(and recipe where one method has several), pooling seeds"
+        )
     notes = [
-        f"{len(runs)} runs from {outdir}. Cells: mean [{level:g} % {method} bootstrap CI of the "
-        f"mean, {n_boot} resamples] over seeds; "
-        f"summary.csv groups all runs by {', '.join(by) or 'nothing (one group)'}.",
+        f"{' and '.join(found) or 'Layer analyses'} from {outdir}. Cells: mean "
+        f"[{level:g} % {method} bootstrap CI of the mean, {n_boot} resamples] over seeds"
+        f"{grouping}.",
         *[f"warning: {w}" for w in warnings],
     ]
     return render_html("sublim report", parts, _versions(runs), notes, tracking_entries(outdir))

@@ -80,7 +80,10 @@ def resolve_auto_layers(config: KDConfig, compute: bool = True) -> KDConfig | No
             f"{k} student layers but the {config.teacher} has {len(rows)} generalized layers",
         )
     chosen = select_layers(rows, metric, k)
-    return config.replace(method_params={**config.method_params, "teacher_layers": chosen})
+    return config.replace(
+        method_params={**config.method_params, "teacher_layers": chosen},
+        teacher_layers_requested=str(config.method_params["teacher_layers"]),
+    )
 
 
 def resolve_planned(students: dict[str, KDConfig], teachers_done: set[str]) -> dict[str, KDConfig]:

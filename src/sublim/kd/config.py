@@ -99,7 +99,15 @@ METHOD_NAMES = (
 )
 # Fields that never change results: where to read and write, and how to show progress.
 NON_RESULT = frozenset(
-    {"data_dir", "outdir", "device", "teacher_checkpoint_path", "pretrained", "label"}
+    {
+        "data_dir",
+        "outdir",
+        "device",
+        "teacher_checkpoint_path",
+        "pretrained",
+        "label",
+        "teacher_layers_requested",
+    }
 )
 # Fields added after experiments were published: left out of the hash at their defaults, so
 # existing experiment directories keep their names.
@@ -251,6 +259,9 @@ class KDConfig:
     reference_behaviour: str | None = None
     # a name for reports (a sweep's condition, e.g. "ours"); never part of the hash
     label: str | None = None
+    # the teacher layers as the user wrote them ("auto:q") when they were chosen automatically:
+    # reports group by what was asked, not by the per-seed choice; never part of the hash
+    teacher_layers_requested: str | None = None
 
     def __post_init__(self) -> None:
         for name in FLOAT_FIELDS:  # 0 and 0.0 are one experiment (TOML gives ints, flags floats)

@@ -91,7 +91,10 @@ TOP_KEYS = tuple(TOP_KEY_HELP)
 TOP_FIELDS = ("reference_behaviour", "teacher_seed")
 PAIR_KEYS = ("teacher", "student", "params")
 LAYER_KEYS = ("teacher_layers", "student_layers")  # may be "@name" lists of [layers.MODEL]
-OWNED = ("role", "seed", "outdir", "teacher_checkpoint_path", "model", "teacher")
+OWNED = (
+    *("role", "seed", "outdir", "teacher_checkpoint_path", "model", "teacher"),
+    "teacher_layers_requested",
+)
 FIELDS = tuple(f.name for f in fields(KDConfig))
 
 
