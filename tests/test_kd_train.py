@@ -438,6 +438,39 @@ def test_kd_sweep_pairs_and_per_method_params(tmp_path: Path) -> None:
             load_plan(spec, str(tmp_path))
 
 
+def test_kd_sweep_pair_recipe_is_the_students_alone(tmp_path: Path) -> None:
+    """RepDistiller trains ShuffleNet and MobileNet students at lr 0.01, their teachers at 0.05:
+    a pair's recipe reaches its student and that student trained alone, not the teacher."""
+    from sublim.kd.sweep import load_plan
+    from sublim.sweep.spec import SpecError
+
+    spec = tmp_path / "recipe.toml"
+    head = '[base]\ndataset = "cifar100"\nlr = 0.05\n[grid]\nmethod = ["none", "kd"]\n'
+    spec.write_text(
+        head
+        + '[[pairs]]\nteacher = "vgg13"\nstudent = "mobilenetv2"\nrecipe = { lr = 0.01 }\n'
+        + '[[pairs]]\nteacher = "vgg13"\nstudent = "vgg8"\n'
+    )
+    plan = load_plan(spec, str(tmp_path))
+    lr = {(c.role, c.model): c.lr for c in (*plan.teachers, *plan.students)}
+    assert lr == {
+        ("teacher", "vgg13"): 0.05,
+        ("teacher", "mobilenetv2"): 0.01,  # alone
+        ("teacher", "vgg8"): 0.05,
+        ("student", "mobilenetv2"): 0.01,
+        ("student", "vgg8"): 0.05,
+    }
+    assert len(plan.teachers) == 3  # one vgg13 teacher shared by both pairs
+    for text, message in {
+        "recipe = 0.01\n": "pairs[0]: recipe: expected a table",
+        "recipe = { seed = 3 }\n": "pairs[0]: recipe: seed: set by the sweep",
+        "recipe = { lrr = 3 }\n": "pairs[0]: recipe: lrr: unknown field",
+    }.items():
+        spec.write_text(head + '[[pairs]]\nteacher = "vgg13"\nstudent = "vgg8"\n' + text)
+        with pytest.raises(SpecError, match=re.escape(message)):
+            load_plan(spec, str(tmp_path))
+
+
 def test_ft_init_stage_trains_the_paraphraser_alone_at_its_lr(
     cifar: Path, teacher: Path, tmp_path: Path
 ) -> None:

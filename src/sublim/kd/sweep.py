@@ -22,6 +22,13 @@ teacher -> student pairs, each with optional parameters of its own (over `[param
     teacher = "wrn_40_2"
     student = "wrn_16_2"
     params.dkd = { beta = 6.0 }   # mdistiller's value for this pair
+    [[pairs]]
+    teacher = "resnet32x4"
+    student = "shufflev2"
+    recipe = { lr = 0.01 }        # the pair's student fields (RepDistiller: 0.01 for ShuffleNets)
+
+A pair's `recipe` applies to its student and to that student trained alone, never to the
+teacher.
 
 A method's parameters are `[params.<method>]`, then the pair's `params.<method>`, then any
 `method_params` of base, grid or condition (most specific last).
@@ -73,7 +80,8 @@ TOP_KEY_HELP: dict[str, str] = {
     "seeds": 'the seeds: "0..2" (inclusive), "0,3,5", a list, or one int (that seed alone)',
     "teacher": "the teacher model of every student (or use [[pairs]])",
     "student": "the student model (or use [[pairs]])",
-    "pairs": "[[pairs]] entries: teacher, student and optional params.<method> of their own",
+    "pairs": "[[pairs]] entries: teacher, student, optional params.<method> and a recipe "
+    "table of student fields of their own (e.g. RepDistiller's lr 0.01 for ShuffleNet students)",
     "params": "[params.<method>]: a method's parameters wherever it runs",
     "base": "KDConfig fields for teachers and students alike",
     "teacher_recipe": "KDConfig fields that differ for the teacher trainings",
@@ -89,7 +97,7 @@ TOP_KEY_HELP: dict[str, str] = {
 }
 TOP_KEYS = tuple(TOP_KEY_HELP)
 TOP_FIELDS = ("reference_behaviour", "teacher_seed")
-PAIR_KEYS = ("teacher", "student", "params")
+PAIR_KEYS = ("teacher", "student", "params", "recipe")
 LAYER_KEYS = ("teacher_layers", "student_layers")  # may be "@name" lists of [layers.MODEL]
 OWNED = (
     *("role", "seed", "outdir", "teacher_checkpoint_path", "model", "teacher"),
@@ -327,13 +335,18 @@ def load_plan(path: str | Path, outdir: str, seeds: str | None = None) -> KDPlan
     seed_list = parse_seeds(seeds if seeds is not None else data.get("seeds", 0), f"{path}: seeds")
     teachers: dict[str, KDConfig] = {}
     students: dict[str, KDConfig] = {}
-    for (t_model, s_model, pair_params), (c_name, cond), combo, seed in itertools.product(
+    for (t_model, s_model, pair_params, pair_recipe), (
+        c_name,
+        cond,
+    ), combo, seed in itertools.product(
         pairs, conditions, itertools.product(*grid.values()), seed_list
     ):
         point = dict(zip(grid, combo, strict=True))
         cond = dict(cond)
         preset = cond.pop("preset", top_preset)
-        fields_ = {**base, **point, **cond, "seed": seed, "outdir": outdir}
+        shared = {**base, **point, **cond, "seed": seed, "outdir": outdir}
+        # the pair's recipe is the student's (and its training alone), never its teacher's
+        fields_ = {**base, **pair_recipe, **point, **cond, "seed": seed, "outdir": outdir}
         method = str(fields_.get("method", "none"))
         given = {**params.get(method, {}), **pair_params.get(method, {})}
         if given and isinstance(fields_.get("method_params", {}), dict):
@@ -354,7 +367,7 @@ def load_plan(path: str | Path, outdir: str, seeds: str | None = None) -> KDPlan
         if student.role == "teacher":  # method none: the student alone, no teacher needed
             teachers.setdefault(student.config_hash, student)
             continue
-        recipe = {k: v for k, v in fields_.items() if k not in _STUDENT_ONLY}
+        recipe = {k: v for k, v in shared.items() if k not in _STUDENT_ONLY}
         if student.teacher_seed is not None:  # one teacher for every student seed
             recipe["seed"] = student.teacher_seed
         # conditions are student fields: a teacher follows the spec's own preset
@@ -378,9 +391,11 @@ def load_plan(path: str | Path, outdir: str, seeds: str | None = None) -> KDPlan
     )
 
 
-def _pairs(data: dict[str, Any], path: Path) -> list[tuple[str, str, dict[str, dict[str, Any]]]]:
-    """(teacher, student, per-method parameters) of each pair: the top-level teacher and
-    student, or every `[[pairs]]` entry (not both)."""
+def _pairs(
+    data: dict[str, Any], path: Path
+) -> list[tuple[str, str, dict[str, dict[str, Any]], dict[str, Any]]]:
+    """(teacher, student, per-method parameters, student recipe) of each pair: the top-level
+    teacher and student, or every `[[pairs]]` entry (not both)."""
     if "pairs" in data:
         for key in ("teacher", "student"):
             if key in data:
@@ -402,7 +417,11 @@ def _pairs(data: dict[str, Any], path: Path) -> list[tuple[str, str, dict[str, d
             if not isinstance(entry.get(key), str):
                 raise SpecError(f'{where}: {key}: expected a model name, e.g. {key} = "resnet56"')
         own = _method_params(entry.get("params", {}), f"{where}: params")
-        pairs.append((entry["teacher"], entry["student"], own))
+        recipe = entry.get("recipe", {})
+        if not isinstance(recipe, dict):
+            raise SpecError(f"{where}: recipe: expected a table of student fields, e.g. lr = 0.01")
+        _check(recipe, f"{where}: recipe")
+        pairs.append((entry["teacher"], entry["student"], own, dict(recipe)))
     return pairs
 
 
