@@ -255,3 +255,7 @@ def test_report_tables_have_the_documented_columns() -> None:
     one_recipe = summarize_kd(frame.assign(recipe="r"), opts)
     assert list(one_recipe.columns) == [c for c in kd_cols.KD_SUMMARY_COLUMNS if c != "recipe"]
     assert tuple(kd_gains(frame, opts).columns) == kd_cols.KD_GAINS_COLUMNS
+    from sublim.analysis.kd_table import benchmark_table
+
+    bench = benchmark_table(summarize_kd(frame.assign(recipe="r"), opts))
+    assert tuple(bench.columns) == kd_cols.KD_BENCHMARK_COLUMNS and len(bench) == 2

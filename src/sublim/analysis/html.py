@@ -40,6 +40,7 @@ class Section:
     constant: dict[str, object] = field(default_factory=dict)  # config fields equal in all runs
     varying: dict[str, list[object]] = field(default_factory=dict)  # field -> distinct values
     n_runs: int = 0
+    note: str = ""  # what the table's cells mean, when they are not the summary's
 
 
 def table_html(frame: pd.DataFrame) -> str:
@@ -99,6 +100,8 @@ def render_html(
     for i, section in enumerate(sections):
         parts.append(f'<h2 id="s{i}">{html.escape(section.title)}</h2>')
         parts.append(f'<p class="note">{section.n_runs} runs.</p>')
+        if section.note:
+            parts.append(f'<p class="note">{html.escape(section.note)}</p>')
         for caption, png in section.figures:
             parts.append(_image(caption, png))
         parts.append("<h3>Summary</h3>")

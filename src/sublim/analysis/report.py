@@ -22,6 +22,7 @@ from .bootstrap import DEFAULT_RESAMPLES, METHODS
 from .diagnostics import diagnostics_figures
 from .html import Section, render_html
 from .kd import kd_figure, kd_gain_figure, kd_gains, load_kd, summarize_kd
+from .kd_table import benchmark_table, markdown, wide_benchmark
 from .layers import METRICS as LAYER_METRICS
 from .layers import layer_similarity_figure
 from .load import load, load_configs
@@ -151,6 +152,10 @@ def build_report(
             note(f"{len(pending)} KD experiments not completed (in progress or failed); left out")
     if not gains.empty:
         _write(result, out_dir / "kd_gains.csv", gains.to_csv(index=False).encode())
+    bench = benchmark_table(kd_summary)
+    if not bench.empty:  # the papers' layout, published numbers beside ours
+        _write(result, out_dir / "kd_benchmark.csv", bench.to_csv(index=False).encode())
+        _write(result, out_dir / "kd_benchmark.md", markdown(bench).encode())
     _write(result, out_dir / "summary.txt", (result.table_text + "\n").encode())
 
     figures: list[Drawn] = []
@@ -187,7 +192,10 @@ def build_report(
         finally:
             close(fig)
     if options.html:
-        html = _html(outdir, runs, tables, by, sections, pngs, warnings, options, len(kd_runs))
+        html = _html(
+            *(outdir, runs, tables, by, sections, pngs, warnings, options, len(kd_runs)),
+            bench if not bench.empty else None,
+        )
         _write(result, out_dir / "report.html", html.encode())
     return result
 
@@ -324,6 +332,7 @@ def _html(
     warnings: list[str],
     options: ReportOptions,
     n_kd: int = 0,
+    bench: pd.DataFrame | None = None,
 ) -> str:
     level, method, n_boot = 100 * options.level, options.method, options.n_resamples
     configs = load_configs(outdir, warn=lambda _m: None)
@@ -346,6 +355,19 @@ def _html(
                 n_runs=n_runs,
             )
         )
+    if bench is not None:
+        for dataset in sorted(bench["dataset"].unique()):
+            parts.append(
+                Section(
+                    title=f"KD benchmark on {dataset}: reproduced and published top-1 (%)",
+                    table=wide_benchmark(bench, dataset),
+                    n_runs=n_kd,
+                    note="Ours: mean ± std [bootstrap CI] over seeds at the last and the best "
+                    "epoch. Published: the reference number and the epoch its source reports "
+                    "(RepDistiller: last; mdistiller, ReviewKD: best); diff: ours at that epoch "
+                    "minus published (kd_benchmark.csv names each number's source).",
+                )
+            )
     found = [f"{len(runs)} runs"] if not runs.empty else []
     if n_kd:
         found.append(f"{n_kd} KD experiments")

@@ -249,6 +249,16 @@ OUTPUT_FILES: list[OutputFile] = [
         kd.KD_GAINS_HELP,
     ),
     OutputFile(
+        "<outdir>/report/kd_benchmark.csv",
+        "When KD experiments of teacher -> student pairs were found: the benchmark table, one "
+        "row per dataset, pair and method (the teacher and the student alone as rows `teacher` "
+        "and `student`), in percent, with the published number beside ours. "
+        "`kd_benchmark.md` is the same in the papers' layout (methods as rows, pairs as "
+        "columns: ours at the last and the best epoch, published, diff), also in the HTML.",
+        kd.KD_BENCHMARK_COLUMNS,
+        kd.KD_BENCHMARK_HELP,
+    ),
+    OutputFile(
         "<outdir>/report/*.png (and .svg, .pdf with --format)",
         "The figures: `figure<N>.png` (the paper's figure N, for sweeps named fig2..fig6 or "
         "with `--figure`; `figure<N>_<metric>` for another `--metric`), "

@@ -10,6 +10,7 @@ what the code really writes. It imports torch (through `sublim.kd`) and pandas (
 from __future__ import annotations
 
 from ..analysis.kd import KD_AXES, KD_METRICS
+from ..analysis.kd_table import COLUMNS as BENCHMARK_COLUMNS
 from ..analysis.summary import SUMMARY_STATS
 from ..kd.analyze import FIRST_METRICS, LEAD
 from ..kd.train import HISTORY_KEYS
@@ -296,4 +297,30 @@ KD_GAINS_HELP: dict[str, str] = {
     "ci_low": "lower end of the bootstrap interval of the gain (both groups resampled "
     "independently); empty when both groups have one seed",
     "ci_high": "upper end of that interval",
+}
+
+KD_BENCHMARK_COLUMNS: tuple[str, ...] = BENCHMARK_COLUMNS
+_TOP1 = "top-1 accuracy (%) over completed seeds"
+KD_BENCHMARK_HELP: dict[str, str] = {
+    "dataset": "the dataset",
+    "teacher": "the pair's teacher model",
+    "student": "the pair's student model",
+    "method": "teacher or student (each trained alone), else the experiment's label or method "
+    "(with [recipe] when one method ran with several recipes)",
+    "n": "completed experiments (seeds) of the cell",
+    "best_top1": f"mean best-epoch {_TOP1}",
+    "best_std": "standard deviation over seeds of the best-epoch top-1",
+    "best_ci_low": "lower end of the bootstrap CI of the best-epoch mean",
+    "best_ci_high": "upper end of that interval",
+    "last_top1": f"mean last-epoch {_TOP1}",
+    "last_std": "standard deviation over seeds of the last-epoch top-1",
+    "last_ci_low": "lower end of the bootstrap CI of the last-epoch mean",
+    "last_ci_high": "upper end of that interval",
+    "published_top1": "the published top-1 (%) of the same pair and method, empty when no "
+    "table has it (`sublim.analysis.published`: the source whose recipe the method follows)",
+    "published_epoch": "the epoch the published number reports: last (RepDistiller) or best "
+    "(mdistiller, ReviewKD and their lineage)",
+    "published_table": "the published table, e.g. `RD-1 same-arch`, `MD DKD CIFAR-1`",
+    "published_source": "the repository file and commit (or page) the number was read from",
+    "diff": "ours at the published number's epoch minus the published number (points)",
 }
