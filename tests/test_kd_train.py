@@ -461,10 +461,16 @@ def test_kd_sweep_pair_recipe_is_the_students_alone(tmp_path: Path) -> None:
         ("student", "vgg8"): 0.05,
     }
     assert len(plan.teachers) == 3  # one vgg13 teacher shared by both pairs
+    text = spec.read_text().replace('student = "vgg8"\n', 'student = "vgg8"\nskip = ["kd"]\n')
+    spec.write_text(text)
+    plan = load_plan(spec, str(tmp_path))
+    assert [(c.model, c.method) for c in plan.students] == [("mobilenetv2", "kd")]
     for text, message in {
         "recipe = 0.01\n": "pairs[0]: recipe: expected a table",
         "recipe = { seed = 3 }\n": "pairs[0]: recipe: seed: set by the sweep",
         "recipe = { lrr = 3 }\n": "pairs[0]: recipe: lrr: unknown field",
+        'skip = "kd"\n': "pairs[0]: skip: expected a list of methods",
+        'skip = ["kdd"]\n': "pairs[0]: skip: kdd: not a method or condition",
     }.items():
         spec.write_text(head + '[[pairs]]\nteacher = "vgg13"\nstudent = "vgg8"\n' + text)
         with pytest.raises(SpecError, match=re.escape(message)):

@@ -28,7 +28,8 @@ teacher -> student pairs, each with optional parameters of its own (over `[param
     recipe = { lr = 0.01 }        # the pair's student fields (RepDistiller: 0.01 for ShuffleNets)
 
 A pair's `recipe` applies to its student and to that student trained alone, never to the
-teacher.
+teacher. `skip = ["fsp"]` leaves methods (or named conditions) of the grid out for that pair,
+as a paper's table marks them N/A.
 
 A method's parameters are `[params.<method>]`, then the pair's `params.<method>`, then any
 `method_params` of base, grid or condition (most specific last).
@@ -80,8 +81,9 @@ TOP_KEY_HELP: dict[str, str] = {
     "seeds": 'the seeds: "0..2" (inclusive), "0,3,5", a list, or one int (that seed alone)',
     "teacher": "the teacher model of every student (or use [[pairs]])",
     "student": "the student model (or use [[pairs]])",
-    "pairs": "[[pairs]] entries: teacher, student, optional params.<method> and a recipe "
-    "table of student fields of their own (e.g. RepDistiller's lr 0.01 for ShuffleNet students)",
+    "pairs": "[[pairs]] entries: teacher, student, optional params.<method>, a recipe table of "
+    "student fields of their own (e.g. RepDistiller's lr 0.01 for ShuffleNet students) and "
+    "skip, the grid's methods the pair does not run (N/A in a paper's table)",
     "params": "[params.<method>]: a method's parameters wherever it runs",
     "base": "KDConfig fields for teachers and students alike",
     "teacher_recipe": "KDConfig fields that differ for the teacher trainings",
@@ -97,7 +99,7 @@ TOP_KEY_HELP: dict[str, str] = {
 }
 TOP_KEYS = tuple(TOP_KEY_HELP)
 TOP_FIELDS = ("reference_behaviour", "teacher_seed")
-PAIR_KEYS = ("teacher", "student", "params", "recipe")
+PAIR_KEYS = ("teacher", "student", "params", "recipe", "skip")
 LAYER_KEYS = ("teacher_layers", "student_layers")  # may be "@name" lists of [layers.MODEL]
 OWNED = (
     *("role", "seed", "outdir", "teacher_checkpoint_path", "model", "teacher"),
@@ -335,12 +337,9 @@ def load_plan(path: str | Path, outdir: str, seeds: str | None = None) -> KDPlan
     seed_list = parse_seeds(seeds if seeds is not None else data.get("seeds", 0), f"{path}: seeds")
     teachers: dict[str, KDConfig] = {}
     students: dict[str, KDConfig] = {}
-    for (t_model, s_model, pair_params, pair_recipe), (
-        c_name,
-        cond,
-    ), combo, seed in itertools.product(
-        pairs, conditions, itertools.product(*grid.values()), seed_list
-    ):
+    combos = itertools.product(pairs, conditions, itertools.product(*grid.values()), seed_list)
+    for pair, (c_name, cond), combo, seed in combos:
+        t_model, s_model, pair_params, pair_recipe, skip = pair
         point = dict(zip(grid, combo, strict=True))
         cond = dict(cond)
         preset = cond.pop("preset", top_preset)
@@ -348,6 +347,8 @@ def load_plan(path: str | Path, outdir: str, seeds: str | None = None) -> KDPlan
         # the pair's recipe is the student's (and its training alone), never its teacher's
         fields_ = {**base, **pair_recipe, **point, **cond, "seed": seed, "outdir": outdir}
         method = str(fields_.get("method", "none"))
+        if method in skip or (c_name is not None and c_name in skip):
+            continue
         given = {**params.get(method, {}), **pair_params.get(method, {})}
         if given and isinstance(fields_.get("method_params", {}), dict):
             fields_["method_params"] = {**given, **fields_.get("method_params", {})}
@@ -393,9 +394,10 @@ def load_plan(path: str | Path, outdir: str, seeds: str | None = None) -> KDPlan
 
 def _pairs(
     data: dict[str, Any], path: Path
-) -> list[tuple[str, str, dict[str, dict[str, Any]], dict[str, Any]]]:
-    """(teacher, student, per-method parameters, student recipe) of each pair: the top-level
-    teacher and student, or every `[[pairs]]` entry (not both)."""
+) -> list[tuple[str, str, dict[str, dict[str, Any]], dict[str, Any], tuple[str, ...]]]:
+    """(teacher, student, per-method parameters, student recipe, methods or conditions to
+    skip) of each pair: the top-level teacher and student, or every `[[pairs]]` entry (not
+    both)."""
     if "pairs" in data:
         for key in ("teacher", "student"):
             if key in data:
@@ -421,7 +423,17 @@ def _pairs(
         if not isinstance(recipe, dict):
             raise SpecError(f"{where}: recipe: expected a table of student fields, e.g. lr = 0.01")
         _check(recipe, f"{where}: recipe")
-        pairs.append((entry["teacher"], entry["student"], own, dict(recipe)))
+        skip = entry.get("skip", [])
+        if not isinstance(skip, list) or not all(isinstance(m, str) for m in skip):
+            raise SpecError(f'{where}: skip: expected a list of methods, e.g. skip = ["fsp"]')
+        named = set(METHOD_NAMES) | set(data.get("conditions", {}))
+        for m in skip:
+            if m not in named:
+                raise SpecError(
+                    f"{where}: skip: {m}: not a method or condition; allowed: "
+                    f"{', '.join(sorted(named))}"
+                )
+        pairs.append((entry["teacher"], entry["student"], own, dict(recipe), tuple(skip)))
     return pairs
 
 
