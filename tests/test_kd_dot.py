@@ -1,0 +1,76 @@
+"""DOT, mdistiller's distillation-oriented trainer: the optimizer against numbers from
+mdistiller's own engine/dot.py (run on the same seeded float64 problem), and its rules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sublim.kd.dot import DOT
+
+# mdistiller engine/dot.py@a08d46f, DistillationOrientedTrainer(lr 0.1, momentum 0.825,
+# momentum_kd 0.975, weight_decay 5e-4), four steps of the problem below: each parameter's sum
+# and first entry afterwards (float64)
+REFERENCE_SUMS = [-1.623559951744, -0.339132445558, 0.16286307666, 0.360442759297]
+REFERENCE_SUMS += [0.272714047368, -0.530500765765]
+REFERENCE_FIRST = [-0.11150086138297398, -0.2919317437278922, -0.007994906607863853]
+REFERENCE_FIRST += [0.39541406997851053, 0.3036296428130991, -0.41966707482139953]
+
+
+def _problem() -> tuple[torch.nn.Module, ...]:
+    """A shared layer (both losses), a task-only head and a distillation-only regressor."""
+    torch.manual_seed(0)
+    return tuple(torch.nn.Linear(i, o).double() for i, o in ((4, 3), (3, 2), (4, 3)))
+
+
+def _losses(lin, head, extra, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(step)
+    x = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 2, (5,), generator=g)
+    h = lin(x)
+    task = F.cross_entropy(head(torch.relu(h)), y)
+    kd = ((h - extra(x)) ** 2).mean() + (h**2).mean()
+    return task, kd
+
+
+def _train(steps: int = 4, **kw: float) -> list[torch.Tensor]:
+    lin, head, extra = _problem()
+    params = [*lin.parameters(), *head.parameters(), *extra.parameters()]
+    opt = DOT(params, lr=0.1, **kw)
+    for step in range(steps):
+        task, kd = _losses(lin, head, extra, step)
+        opt.zero_grad(set_to_none=True)
+        kd.backward(retain_graph=True)
+        opt.step_kd()
+        opt.zero_grad(set_to_none=True)
+        task.backward()
+        opt.step()
+    return [p.detach() for p in params]
+
+
+def test_dot_equals_mdistillers_trainer_on_the_same_problem() -> None:
+    params = _train(momentum=0.9, delta=0.075, weight_decay=5e-4)
+    for p, total, first in zip(params, REFERENCE_SUMS, REFERENCE_FIRST, strict=True):
+        assert float(p.sum()) == pytest.approx(total, rel=1e-10, abs=1e-12)
+        assert float(p.flatten()[0]) == pytest.approx(first, rel=1e-10, abs=1e-12)
+
+
+def test_dot_without_weight_decay_and_delta_is_sgd_on_the_summed_loss() -> None:
+    """delta 0: both buffers share momentum 0.9, so the update is SGD's on task + kd."""
+    ours = _train(momentum=0.9, delta=0.0)
+    lin, head, extra = _problem()
+    params = [*lin.parameters(), *head.parameters(), *extra.parameters()]
+    sgd = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    for step in range(4):
+        task, kd = _losses(lin, head, extra, step)
+        sgd.zero_grad()
+        (task + kd).backward()
+        sgd.step()
+    for a, b in zip(ours, params, strict=True):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_dot_refuses_a_delta_beyond_the_momentum() -> None:
+    with pytest.raises(ValueError, match="delta"):
+        DOT([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9, delta=1.0)
