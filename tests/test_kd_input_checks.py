@@ -245,10 +245,12 @@ def test_dry_run_prints_what_will_run_and_what_is_done(
         "runs",
         "done",
         "left",
+        "CPU",
         "h",
-        "left",
+        "GPU",
+        "h",
     ]
-    rows = [line.split()[:-1] for line in lines[2:-2]]  # the hours vary with the machine's model
+    rows = [line.split()[:-2] for line in lines[2:-4]]  # the hours vary with the machine's model
     block = [
         ["teacher", "resnet14", "teacher", "2", "0", "2"],
         ["resnet8", "alone", "baseline", "2", "0", "2"],
@@ -259,7 +261,9 @@ def test_dry_run_prints_what_will_run_and_what_is_done(
         ["resnet14", "->", "wrn_16_2", "at_strong", "2", "0", "2"],
     ]
     assert rows == [[ds, *row] for ds in ("cifar10", "svhn") for row in block]
-    assert lines[-2].startswith("remaining: 28 experiments")
+    assert lines[-4].split()[:4] == ["total", "28", "0", "28"]
+    assert lines[-3].startswith("remaining: 28 experiments")
+    assert "CPU h" in lines[-3] and "GPU h" in lines[-3] and "--gpu-tflops" in lines[-1]
     assert all(len(line) <= 100 for line in lines)
 
     # one distillation completed, marked the way the experiment store marks it
@@ -274,4 +278,11 @@ def test_dry_run_prints_what_will_run_and_what_is_done(
     row = next(line for line in lines if line.startswith("svhn") and " vkd " in line)
     assert row.split()[1:7] == ["resnet14", "->", done.model, "vkd", "2", "1"]
     assert row.split()[7] == "1"
-    assert lines[-2].startswith("remaining: 27 experiments")
+    assert lines[-3].startswith("remaining: 27 experiments")
+    # GPU hours scale with the rate given
+    assert main(["kd", "sweep", str(spec), "--outdir", str(outdir), "--dry-run"]) == 0
+    slow = capsys.readouterr().out.splitlines()[-4].split()[-1]
+    args = ["kd", "sweep", str(spec), "--outdir", str(outdir), "--dry-run", "--gpu-tflops", "20"]
+    assert main(args) == 0
+    fast = capsys.readouterr().out.splitlines()[-4].split()[-1]
+    assert float(fast) == pytest.approx(float(slow) / 2, rel=0.05, abs=0.01)

@@ -111,7 +111,19 @@ def add_parser(sub: Any, parser_class: type) -> None:
         default="inline",
         help="inline, processes:N, dask-local:N or dask:tcp://HOST:PORT",
     )
-    sweep.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    sweep.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (pairs x conditions, runs, CPU and GPU hours) and exit",
+    )
+    sweep.add_argument(
+        "--gpu-tflops",
+        type=float,
+        default=None,
+        metavar="R",
+        help="--dry-run: the TFLOP/s one of your GPUs achieves on these networks, for the GPU "
+        "hours (default: 10, an assumption for small CIFAR networks)",
+    )
     sweep.add_argument("--quiet", action="store_true", help="no per-experiment lines")
     add_track_argument(sweep)
     layers = kd_sub.add_parser(
@@ -366,9 +378,11 @@ def cmd_kd(ns: argparse.Namespace) -> int:
 
 def _cmd_sweep(ns: argparse.Namespace) -> int:
     from ..kd.runner import prepare_check
-    from ..kd.sweep import execute, load_plan
+    from ..kd.sweep import GPU_TFLOPS, execute, load_plan
     from ..sweep.executors import check_executor, make_executor
 
+    if ns.gpu_tflops is not None and not ns.gpu_tflops > 0:
+        raise UserError(f"--gpu-tflops {ns.gpu_tflops:g}: expected a rate > 0 (TFLOP/s)")
     plan = load_plan(ns.spec, ns.outdir, ns.seeds)
     targets = track_targets(ns, plan.track, f"{ns.spec}: track")
     check_executor(ns.executor)
@@ -376,8 +390,9 @@ def _cmd_sweep(ns: argparse.Namespace) -> int:
         prepare_check(config.replace(teacher_checkpoint_path=None), teacher=False, pretrained=False)
     print(plan.summary())
     if ns.dry_run:
-        print(plan.table())
-        print(plan.estimate())
+        rate = GPU_TFLOPS if ns.gpu_tflops is None else ns.gpu_tflops
+        print(plan.table(gpu_tflops=rate))
+        print(plan.estimate(gpu_tflops=rate))
         return 0
     for config in plan.teachers:  # ImageNet weights: fetched and checked once, before any work
         if config.pretrained is not None and config.config_hash not in plan.done:

@@ -112,6 +112,11 @@ FIELDS = tuple(f.name for f in fields(KDConfig))
 # idle machine, channels-last: 150-167 GFLOP/s for resnet9 / resnet34 steps at batch 128; about
 # a third of that while other jobs share it), used for --dry-run's estimate.
 CPU_GFLOPS = 150.0
+# Achieved rate assumed for one GPU on these small networks (CIFAR ResNets at batch 64 are
+# launch-bound far below a GPU's peak): about 10 TFLOP/s, what RepDistiller's few-hour
+# resnet32x4 -> resnet8x4 runs imply on a V100-class card. An assumption until
+# benchmarks/gpu_check.sh has measured a GPU; `--gpu-tflops` replaces it.
+GPU_TFLOPS = 10.0
 TRAIN_IMAGES = {
     "cifar10": 50_000,
     "cifar100": 50_000,
@@ -177,22 +182,26 @@ class KDPlan:
             f"done), {len(self.students)} distillations ({s_done} done)"
         )
 
-    def estimate(self, gflops: float = CPU_GFLOPS) -> str:
-        """The remaining work in floating-point operations and hours at `gflops` GFLOP/s (two
-        lines, each under 100 columns)."""
+    def estimate(self, gflops: float = CPU_GFLOPS, gpu_tflops: float = GPU_TFLOPS) -> str:
+        """The remaining work in floating-point operations and hours on the reference CPU at
+        `gflops` GFLOP/s and on one GPU at `gpu_tflops` TFLOP/s (three lines, each under 100
+        columns)."""
         todo = [c for c in (*self.teachers, *self.students) if c.config_hash not in self.done]
         flops = sum(experiment_flops(c) for c in todo)
         return (
-            f"remaining: {len(todo)} experiments, {flops / 1e15:.1f} PFLOP, about "
-            f"{flops / (gflops * 1e9) / 3600:,.0f} h at {gflops:g} GFLOP/s\n"
-            f"({gflops:g} GFLOP/s: the 2-core reference CPU's rate in benchmarks/kd_wo_ce.py; "
-            "divide by your speed-up)"
+            f"remaining: {len(todo)} experiments, {flops / 1e15:.1f} PFLOP: about "
+            f"{flops / (gflops * 1e9) / 3600:,.0f} CPU h, {flops / (gpu_tflops * 1e12) / 3600:,.0f}"
+            " GPU h\n"
+            f"(CPU: {gflops:g} GFLOP/s, the 2-core reference CPU's rate in benchmarks/kd_wo_ce.py; "
+            f"GPU: {gpu_tflops:g} TFLOP/s\nachieved by one GPU on these small networks, an "
+            "assumption: --gpu-tflops sets yours)"
         )
 
-    def rows(self, gflops: float = CPU_GFLOPS) -> list[PlanRow]:
+    def rows(self, gflops: float = CPU_GFLOPS, gpu_tflops: float = GPU_TFLOPS) -> list[PlanRow]:
         """What will run, by dataset x pair x condition: teachers on rows of their own, then each
         teacher -> student pair with its conditions (a student alone, method none, on the first
-        pair of that student), in the spec's order; hours of the remaining work at `gflops`."""
+        pair of that student), in the spec's order; hours of the remaining work at `gflops`
+        (CPU) and `gpu_tflops` (one GPU)."""
         teachers = {s.teacher_hash for s in self.students}
         everything = (*self.teachers, *self.students)
         datasets = _ranks(c.dataset for c in everything)
@@ -234,17 +243,28 @@ class KDPlan:
                     len(configs),
                     len(configs) - len(todo),
                     flops / (gflops * 1e9) / 3600,
+                    flops / (gpu_tflops * 1e12) / 3600,
                 )
             )
         return out
 
-    def table(self, gflops: float = CPU_GFLOPS, width: int = 100) -> str:
-        """`rows` as a text table that fits `width` columns (long names are shortened)."""
-        head = ("dataset", "teacher -> student", "condition", "runs", "done", "left", "h left")
+    def table(
+        self, gflops: float = CPU_GFLOPS, gpu_tflops: float = GPU_TFLOPS, width: int = 100
+    ) -> str:
+        """`rows` as a text table that fits `width` columns (long names are shortened), with a
+        total line."""
+        head = ("dataset", "teacher -> student", "condition", "runs", "done", "left")
+        head += ("CPU h", "GPU h")
+        rows = self.rows(gflops, gpu_tflops)
         body = [
-            (r.dataset, r.pair, r.condition, r.runs, r.done, r.runs - r.done, _hours(r.hours))
-            for r in self.rows(gflops)
+            (r.dataset, r.pair, r.condition, r.runs, r.done, r.runs - r.done)
+            + (_hours(r.hours), _hours(r.gpu_hours))
+            for r in rows
         ]
+        if len(rows) > 1:
+            runs, done = sum(r.runs for r in rows), sum(r.done for r in rows)
+            cpu, gpu = sum(r.hours for r in rows), sum(r.gpu_hours for r in rows)
+            body.append(("total", "", "", runs, done, runs - done, _hours(cpu), _hours(gpu)))
         cells = [tuple(map(str, row)) for row in (head, *body)]
         widths = [max(len(row[i]) for row in cells) for i in range(len(head))]
         spare = width - 1 - sum(widths) - 2 * (len(head) - 1)
@@ -273,7 +293,8 @@ class PlanRow:
     condition: str  # the spec's condition name (the config's label), else the method
     runs: int
     done: int
-    hours: float  # the remaining ones' estimate
+    hours: float  # the remaining ones' estimate on the reference CPU
+    gpu_hours: float = 0.0  # and on one GPU (GPU_TFLOPS)
 
 
 def _condition(config: KDConfig) -> str:
