@@ -15,14 +15,18 @@ from importlib import resources
 
 import pandas as pd
 
-# published model names -> sublim's, per dataset (CIFAR's ResNet50 is RepDistiller's)
+# published model names -> sublim's (CIFAR's ResNet50 is RepDistiller's CIFAR variant)
 MODEL_NAMES = {
     "MobileNetV2": "mobilenetv2",
     "ShuffleV1": "shufflev1",
     "ShuffleV2": "shufflev2",
     "ResNet50": "resnet50",
-    "ResNet18": "resnet18",
-    "ResNet34": "resnet34",
+}
+# and on ImageNet, mdistiller's torchvision-layout models
+IMAGENET_MODELS = {
+    "ResNet18": "resnet18_imagenet",
+    "ResNet34": "resnet34_imagenet",
+    "ResNet50": "resnet50_imagenet",
     "MobileNetV1": "mobilenetv1",
 }
 # published method names -> sublim's method (or the condition name the benchmark specs use);
@@ -79,11 +83,12 @@ def published() -> pd.DataFrame:
             method = METHOD_NAMES.get(str(rec.method))
             if method is None:
                 continue
+            names = IMAGENET_MODELS if rec.dataset == "imagenet" else MODEL_NAMES
             rows.append(
                 {
                     "dataset": DATASETS.get(str(rec.dataset), str(rec.dataset)),
-                    "teacher": MODEL_NAMES.get(str(rec.teacher), str(rec.teacher)),
-                    "student": MODEL_NAMES.get(str(rec.student), str(rec.student)),
+                    "teacher": names.get(str(rec.teacher), str(rec.teacher)),
+                    "student": names.get(str(rec.student), str(rec.student)),
                     "method": method,
                     "top1": float(rec.top1),
                     "epoch": epoch,
