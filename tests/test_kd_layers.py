@@ -66,7 +66,7 @@ def test_layer_rows_rejects_unknown_names() -> None:
     with pytest.raises(ConfigError, match="--dataset.*cifar10"):
         layer_rows("resnet9", "imagenet")
     with pytest.raises(ConfigError, match="MODEL.*resnet9"):
-        layer_rows("resnet50", "cifar10")
+        layer_rows("resnet51", "cifar10")
 
 
 # ------------------------------------------------------------------------------------------------
