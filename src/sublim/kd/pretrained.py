@@ -2,8 +2,8 @@
 
 `load_pretrained(model, name, path_or_auto, image_size)` reads a torchvision-layout `.pth` state
 dict (`torch.load(weights_only=True)`; "auto" downloads PyTorch's published file into a cache
-and checks the sha256 prefix its name carries) into a `resnet34`, `vgg19_bn` or `vit_b` and
-adapts it as the spec (section 5) says:
+and checks the sha256 prefix its name carries) into a `resnet34`, `vgg19_bn`, `vit_b` or an
+ImageNet ResNet and adapts it as the spec (section 5) says:
 
 - resnet34: the 7x7/2 stem conv is not loaded (the model's own 3x3/1 conv keeps its He init;
   its BN is loaded); `fc.` is our `classifier.`, re-initialised N(0, 0.01), zero bias.
@@ -15,6 +15,8 @@ adapts it as the spec (section 5) says:
   reproduces KD_wo_CE's off-by-one (spec 9.9): its "class" position is torchvision's last grid
   cell and its grid the first 196 positions, the real class position included. The head stays
   zero (the model's init). Files from before torchvision renamed `mlp.linear_1/2` load too.
+- resnet18/34/50_imagenet (mdistiller's ImageNet teachers, built for 1000 classes): every key
+  loaded as it is (`fc.` is our `classifier.`); "auto" fetches the files mdistiller loads.
 
 A file that is not a state dict, lacks a key, has an unexpected one or a wrong shape is one
 ConfigError line naming `--pretrained`, the key and both shapes.
@@ -40,6 +42,8 @@ FLAG = "--pretrained"
 # torchvision's IMAGENET1K_V1 files; the hex after "-" is their sha256 prefix
 URLS = {name: f"https://download.pytorch.org/models/{f}" for name, f in PRETRAINED_FILES.items()}
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,})\.")
+# mdistiller's ImageNet ResNets: torchvision's network, loaded key for key (`fc.` renamed)
+IMAGENET_MODELS = ("resnet18_imagenet", "resnet34_imagenet", "resnet50_imagenet")
 
 
 def default_cache_dir() -> Path:
@@ -126,7 +130,7 @@ def _file_key(name: str, key: str) -> str:
     """Our state-dict key as torchvision names it."""
     return (
         "fc." + key.removeprefix("classifier.")
-        if name == "resnet34" and key.startswith("classifier.")
+        if name in ("resnet34", *IMAGENET_MODELS) and key.startswith("classifier.")
         else key
     )
 
@@ -142,7 +146,9 @@ def _normalise(name: str, key: str) -> str:
 def expected_shapes(model: TapNet, name: str) -> dict[str, tuple[int, ...]]:
     """torchvision key -> shape of the ImageNet file for `model` (1000 classes, 224 px)."""
     want = {_file_key(name, k): tuple(v.shape) for k, v in model.state_dict().items()}
-    if name == "resnet34":
+    if name in IMAGENET_MODELS:
+        pass  # built for ImageNet: the file's shapes are the model's own
+    elif name == "resnet34":
         want |= {"conv1.weight": (64, 3, 7, 7), "fc.weight": (1000, 512), "fc.bias": (1000,)}
     elif name == "vgg19_bn":
         hidden = want["classifier.0.weight"][0]
@@ -160,6 +166,7 @@ _FRESH = {
     "resnet34": ("conv1.weight", "fc."),
     "vgg19_bn": ("classifier.0.", "classifier.6."),
     "vit_b": ("heads.head.",),
+    **{name: () for name in IMAGENET_MODELS},
 }
 
 
@@ -261,7 +268,9 @@ def load_pretrained(
     ours = model.state_dict()
     for key, value in adapted.items():
         ours[key].copy_(value)
-    if name == "resnet34":
+    if name in IMAGENET_MODELS:
+        pass  # mdistiller's teachers: every weight from the file, the 1000-way fc included
+    elif name == "resnet34":
         _normal_head(model.classifier, generator)
     elif name == "vgg19_bn":
         _normal_head(model.classifier[0], generator)
