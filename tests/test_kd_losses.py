@@ -74,6 +74,12 @@ def targets(seed: int = 0) -> Tensor:
 def build(name: str, s_shapes=S_SHAPES, t_shapes=T_SHAPES, **params) -> Distiller:
     if name == "fkd":  # it distils listed generalized layers; tests/test_kd_fkd.py covers it
         params = {"student_layers": [0, 1], "teacher_layers": [0, 1], **params}
+    if name == "ab" and s_shapes is S_SHAPES:  # the shapes above have one pre-activation tap
+        taps = ["stage1", "stage2", "stage3_pre"]
+        params = {"student_taps": taps, "teacher_taps": taps, **params}
+    if name == "fsp" and s_shapes is S_SHAPES:  # channels must agree: 4@4, 6@2 vs 4@8, 6@4
+        pairs = {"student_taps": ["stage2", "stage3"], "teacher_taps": ["stage1", "stage2"]}
+        params = {**pairs, **params}
     torch.manual_seed(0)  # module init only; the numbers checked do not depend on it
     return create_distiller(name, s_shapes, t_shapes, **params).double()
 

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from .base import (
     Distiller,
     DistillerConfigError,
+    InitStage,
     Shapes,
     Taps,
     _last_feature,
@@ -93,6 +94,9 @@ class FitNets(Distiller):
     name = "fitnets"
     default_weight = 100.0
     ce_weight = 1.0
+    # the paper's hint stage, off by default (RepDistiller trains jointly): the whole student
+    # and the regressor on the raw hint loss
+    init_stage = InitStage(epochs=0, student="all")
     param_help: ClassVar[dict[str, str]] = {
         "guided": "the student tap (a C x H x W feature map) the regressor reads, the paper's "
         "guided layer; None: the student's second benchmark feature (RepDistiller's feat[2])",
@@ -123,10 +127,18 @@ class FitNets(Distiller):
         self.student_taps = (guided,)
         self.teacher_taps = (hint,)
 
-    def forward(self, s: Taps, t: Taps, targets: Tensor, epoch: int = 0) -> dict[str, Tensor]:
+    def hint_loss(self, s: Taps, t: Taps) -> Tensor:
+        """The unweighted hint MSE between the regressed guided layer and the hint layer."""
         f_s = self.regressor(_tap(s, self.student_taps[0], "student"))
         f_t = _tap(t, self.teacher_taps[0], "teacher").detach()
-        return {"fitnets": self.weight * F.mse_loss(f_s, f_t)}
+        return F.mse_loss(f_s, f_t)
+
+    def init_loss(self, s: Taps, t: Taps) -> Tensor:
+        """The hint stage minimises the raw hint loss, whatever the method's weight."""
+        return self.hint_loss(s, t)
+
+    def forward(self, s: Taps, t: Taps, targets: Tensor, epoch: int = 0) -> dict[str, Tensor]:
+        return {"fitnets": self.weight * self.hint_loss(s, t)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,6 +285,7 @@ class FT(Distiller):
     name = "ft"
     default_weight = 200.0
     ce_weight = 1.0
+    init_stage = InitStage(epochs=30, student="none")  # the paraphraser alone
     param_help: ClassVar[dict[str, str]] = {
         "student_tap": "the student feature map the translator reads; None: the student's last "
         "benchmark feature (RepDistiller's feat[-2])",
@@ -332,6 +345,22 @@ class FT(Distiller):
         f_t = _tap(t, self.teacher_taps[0], "teacher").detach()
         _, rec = self.paraphraser(f_t)
         return F.mse_loss(rec, f_t)
+
+    def init_loss(self, s: Taps, t: Taps) -> Tensor:
+        """The init stage trains the paraphraser on the teacher alone (`s` is not read)."""
+        return self.paraphraser_loss(t)
+
+    def init_lr(self, lr: float) -> float:
+        """`paraphraser_lr`, or the recipe's lr when it is None."""
+        return lr if self.paraphraser_lr is None else self.paraphraser_lr
+
+    def init_parameters(self) -> list[nn.Parameter]:
+        return list(self.paraphraser.parameters())
+
+    def main_parameters(self) -> list[nn.Parameter]:
+        """Everything but the paraphraser, frozen after its stage."""
+        skip = set(map(id, self.paraphraser.parameters()))
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in skip]
 
     def forward(self, s: Taps, t: Taps, targets: Tensor, epoch: int = 0) -> dict[str, Tensor]:
         with torch.no_grad():
