@@ -115,6 +115,12 @@ class TapNet(nn.Module):
     def _forward_all(self, x: Tensor, walk: Walk = _no_walk) -> dict[str, Tensor]:
         raise NotImplementedError
 
+    def preact_bns(self) -> dict[str, nn.BatchNorm2d]:
+        """Pre-activation tap name -> the BatchNorm whose output (plus the shortcut, in a
+        residual block) forms that tap: mdistiller's `get_bn_before_relu`, from whose gamma and
+        beta OFD derives its margins. Default: none (the family declares no such BNs)."""
+        return {}
+
     def forward(self, x: Tensor, taps: Sequence[str] | None = None) -> dict[str, Tensor]:
         """Always returns "logits"; also every tap named in `taps` (None: all taps)."""
         if isinstance(taps, str):

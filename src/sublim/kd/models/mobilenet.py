@@ -86,6 +86,15 @@ class MobileNetV2(TapNet):
         self.classifier = nn.Linear(last_channel, num_classes)
         self.reset_parameters()
 
+    def preact_bns(self) -> dict[str, nn.BatchNorm2d]:
+        """Per stage tap, the last block's final BN (its linear bottleneck's output, plus the
+        identity where the block has one): mdistiller's get_bn_before_relu, although no ReLU
+        follows (the blocks end linear)."""
+        return {
+            f"stage{k}": self.blocks[group[-1]][-1].conv[-1]
+            for k, group in enumerate(self.STAGE_GROUPS, start=1)
+        }
+
     def _forward_all(self, x: Tensor, walk: Walk = _no_walk) -> dict[str, Tensor]:
         x = self.conv1(x)
         out = {"stem": x}

@@ -82,6 +82,12 @@ class CifarResNet(TapNet):
         self.classifier = nn.Linear(in_planes, num_classes)
         self.reset_parameters()
 
+    def preact_bns(self) -> dict[str, nn.BatchNorm2d]:
+        """Per preact tap, the BN whose output plus the shortcut forms it: the stage's last
+        block's bn2 (mdistiller's get_bn_before_relu)."""
+        stages = (self.layer1, self.layer2, self.layer3)
+        return {f"stage{k}_pre": s[-1].bn2 for k, s in enumerate(stages, start=1)}
+
     def _forward_all(self, x: Tensor, walk: Walk = _no_walk) -> dict[str, Tensor]:
         x = F.relu(self.bn1(self.conv1(x)))
         out = {"stem": x}

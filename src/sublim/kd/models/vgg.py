@@ -63,6 +63,12 @@ class VGG(TapNet):
         self.classifier = nn.Linear(cfg[-1][-1], num_classes)
         self.reset_parameters()
 
+    def preact_bns(self) -> dict[str, nn.BatchNorm2d]:
+        """Per preact tap, the BN that forms it: block K's last layer (mdistiller's
+        get_bn_before_relu)."""
+        blocks = (self.block1, self.block2, self.block3, self.block4)
+        return {f"stage{k}_pre": b[-1] for k, b in enumerate(blocks, start=1)}
+
     def _forward_all(self, x: Tensor, walk: Walk = _no_walk) -> dict[str, Tensor]:
         pool3 = self.pool3 if x.shape[2] == 64 else None  # RepDistiller's `if h == 64`
         out = {}
