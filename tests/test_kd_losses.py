@@ -80,8 +80,30 @@ def build(name: str, s_shapes=S_SHAPES, t_shapes=T_SHAPES, **params) -> Distille
     if name == "fsp" and s_shapes is S_SHAPES:  # channels must agree: 4@4, 6@2 vs 4@8, 6@4
         pairs = {"student_taps": ["stage2", "stage3"], "teacher_taps": ["stage1", "stage2"]}
         params = {**pairs, **params}
+    if name == "kdsvd" and s_shapes is S_SHAPES:  # RepDistiller's needs equal channels
+        params = {"matrix": "mdistiller", **params}
+    if name in ("crd", "crd_kd"):  # a small contrast: 8 negatives
+        params = {"nce_k": 8, **params}
+    if name in ("ofd", "reviewkd") and s_shapes is S_SHAPES:  # one pre-activation tap each
+        s_shapes = TapShapes(S_SHAPES, preact_taps=("stage3_pre",))
+        t_shapes = TapShapes(T_SHAPES, preact_taps=("stage3_pre",))
     torch.manual_seed(0)  # module init only; the numbers checked do not depend on it
-    return create_distiller(name, s_shapes, t_shapes, **params).double()
+    d = create_distiller(name, s_shapes, t_shapes, **params).double()
+    if name == "ofd":  # margins come from the teacher's BatchNorm (bind_teacher); fixed here
+        d.set_margins([torch.full((t_shapes["stage3_pre"][0],), -0.5)])
+    if d.needs_index:  # CRD: a memory bank over a training set of 4 * B samples, 4 classes
+        d.bind_data(torch.arange(4 * B) % 4, seed=0)
+    return d
+
+
+def call(d: Distiller, s, t, y: Tensor, epoch: int = 0) -> dict[str, Tensor]:
+    """A distiller's losses; CRD's also get the batch's dataset indices and fixed negatives."""
+    if not d.needs_index:
+        return d(s, t, y, epoch=epoch)
+    index = torch.arange(len(y))
+    negatives = (index[:, None] + 1 + torch.arange(d.nce_k)) % (4 * B)
+    contrast = torch.cat([index[:, None], negatives], 1).to(y.device)
+    return d(s, t, y, epoch, index=index.to(y.device), step=0, contrast_idx=contrast)
 
 
 def npy(x: Tensor) -> np.ndarray:
@@ -677,7 +699,7 @@ def test_gradients_reach_student_taps_only(name):
     d = build(name)
     s = make_taps(S_SHAPES, 31, grad=True)
     t = make_taps(T_SHAPES, 32, grad=True)
-    out = d(s, t, targets(), epoch=25)
+    out = call(d, s, t, targets(), epoch=25)
     assert out and all(v.ndim == 0 and torch.isfinite(v) for v in out.values())
     sum(out.values()).backward()
     for tap in d.student_taps:
@@ -701,10 +723,10 @@ def test_cuda_matches_cpu(name, monkeypatch):
     s, t = make_taps(S_SHAPES, 33), make_taps(T_SHAPES, 34)
     s, t = {k: v.float() for k, v in s.items()}, {k: v.float() for k, v in t.items()}
     y = targets()
-    cpu = d(s, t, y, epoch=25)
-    gpu = copy.deepcopy(d).cuda()
-    out = gpu(
-        {k: v.cuda() for k, v in s.items()}, {k: v.cuda() for k, v in t.items()}, y.cuda(), 25
+    gpu = copy.deepcopy(d).cuda()  # before the CPU call, which updates CRD's memory bank
+    cpu = call(d, s, t, y, epoch=25)
+    out = call(
+        gpu, {k: v.cuda() for k, v in s.items()}, {k: v.cuda() for k, v in t.items()}, y.cuda(), 25
     )
     for key, value in cpu.items():
         assert out[key].device.type == "cuda"
@@ -712,13 +734,12 @@ def test_cuda_matches_cpu(name, monkeypatch):
 
 
 def test_registry_and_defaults():
-    assert set(METHODS) == {
-        "kd", "logit_std", "fitnets", "at", "ft", "rkd", "nst", "sp", "dkd", "simkd", "fkd"
-    }  # fmt: skip
     weights = {name: cls.default_weight for name, cls in METHODS.items()}
-    assert weights == {
+    assert weights == {  # RepDistiller's beta, mdistiller's feature weight where only it has one
         "kd": 0.9, "logit_std": 9.0, "fitnets": 100.0, "at": 1000.0, "ft": 200.0,
         "rkd": 1.0, "nst": 50.0, "sp": 3000.0, "dkd": 1.0, "simkd": 1.0, "fkd": 1.0,
+        "pkt": 30000.0, "cc": 0.02, "vid": 1.0, "kdsvd": 1.0, "ofd": 1e-3, "reviewkd": 5.0,
+        "ab": 1.0, "fsp": 50.0, "crd": 0.8, "crd_kd": 0.8,
     }  # fmt: skip
     for name, cls in METHODS.items():
         assert cls.name == name and cls.__doc__ and "Reference" in cls.__doc__
@@ -733,13 +754,16 @@ def test_weight_scales_every_loss():
     s, t, y = make_taps(S_SHAPES, 35), make_taps(T_SHAPES, 36), targets()
     for name in sorted(METHODS):
         one, three = build(name, weight=1.0), build(name, weight=3.0)
-        a, b = one(s, t, y, epoch=30), three(s, t, y, epoch=30)
+        a, b = call(one, s, t, y, epoch=30), call(three, s, t, y, epoch=30)
         for key in a:
+            if (name, key) == ("crd_kd", "kd"):  # RepDistiller's -a: its own kd_weight
+                assert close(b[key], a[key].item(), 1e-10)
+                continue
             assert close(b[key], 3.0 * a[key].item(), 1e-10), (name, key)
 
 
 def test_unknown_method_and_parameter():
-    with pytest.raises(ValueError, match=r"'hinton'.*at, dkd, fitnets"):
+    with pytest.raises(ValueError, match=r"'hinton'.*ab, at, cc, crd, crd_kd, dkd, fitnets"):
         create_distiller("hinton", S_SHAPES, T_SHAPES)
     with pytest.raises(ValueError, match=r"tempreature.*temperature"):
         create_distiller("kd", S_SHAPES, T_SHAPES, tempreature=3)

@@ -60,7 +60,8 @@ def test_named_taps_return_only_logits_and_those_taps() -> None:
 def test_tap_names_follow_the_convention_per_family() -> None:
     three = ("stem", "stage1_pre", "stage1", "stage2_pre", "stage2", "stage3_pre", "stage3")
     assert _model("resnet20").tap_names == (*three, "pool")
-    assert _model("wrn_16_2").tap_names == (*three, "pool")
+    wrn = [(f"stage{k}_pre", f"stage{k}_bn", f"stage{k}") for k in (1, 2, 3)]
+    assert _model("wrn_16_2").tap_names == ("stem", *sum(wrn, ()), "pool")  # _bn: preact=True
     assert _model("vgg8").tap_names == (*three, "stage4_pre", "stage4", "pool")
     mobilenet = ("stem", "stage1", "stage2", "stage3", "stage4", "pool")
     assert _model("mobilenetv2").tap_names == mobilenet
@@ -303,8 +304,8 @@ def test_state_dict_keys_follow_repdistiller_names() -> None:
 
 def test_unknown_model_name_lists_the_names() -> None:
     with pytest.raises(ValueError, match="resnet56.*mobilenetv2") as err:
-        create_model("resnet50")
-    assert "resnet50" in str(err.value)
+        create_model("resnet51")
+    assert "resnet51" in str(err.value)
 
 
 STEM_CONV = {

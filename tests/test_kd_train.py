@@ -210,8 +210,8 @@ def test_schedules() -> None:
     ("args", "message"),
     [
         (
-            ["distill", "--method", "crd", "--teacher", "resnet14", "--student", "resnet8"],
-            "--method: invalid value 'crd'; allowed: none, at, dkd",
+            ["distill", "--method", "crdd", "--teacher", "resnet14", "--student", "resnet8"],
+            "--method: invalid value 'crdd'; allowed: none, ab, at, cc, crd",
         ),
         (
             ["distill", "--method", "kd", "--teacher", "resnet14", "--student", "resnet7"],
@@ -359,9 +359,9 @@ method = ["kd", "sp"]
         args + ["--dry-run"], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120
     )
     lines = again.stdout.strip().splitlines()
-    assert lines[0] == last and lines[-2].startswith("remaining: 0 experiments, 0.0 PFLOP")
+    assert lines[0] == last and lines[-3].startswith("remaining: 0 experiments, 0.0 PFLOP")
     bad = tmp_path / "bad.toml"
-    bad.write_text(spec.read_text().replace('method = ["kd", "sp"]', 'method = ["kd", "crd"]'))
+    bad.write_text(spec.read_text().replace('method = ["kd", "sp"]', 'method = ["kd", "crdd"]'))
     proc = subprocess.run(
         [sys.executable, "-m", "sublim", "kd", "sweep", str(bad)],
         cwd=tmp_path,
@@ -370,7 +370,9 @@ method = ["kd", "sp"]
         text=True,
         timeout=120,
     )
-    assert proc.returncode == 2 and "(at method=crd): --method: invalid value 'crd'" in proc.stderr
+    assert (
+        proc.returncode == 2 and "(at method=crdd): --method: invalid value 'crdd'" in proc.stderr
+    )
 
 
 @pytest.mark.parametrize(

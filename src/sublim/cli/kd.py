@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from ..errors import ConfigError, UserError
+from ..kd.config import INIT_EPOCHS, METHOD_NAMES
 from .args import add_track_argument, parse_float, parse_int, track_targets
 
 RECIPE_DEFAULTS = {
@@ -35,8 +36,10 @@ def add_parser(sub: Any, parser_class: type) -> None:
         "kd",
         help="classical and feature distillation on CIFAR-style models (train-teacher, distill, "
         "sweep)",
-        description="Train teachers and distil students (KD, FitNets, AT, FT, RKD, NST, SP, DKD, "
-        "SimKD, logit standardisation) on CIFAR-10/100, SVHN, TinyImageNet or the MNIST family. Each experiment "
+        description="Train teachers and distil students (every method of RepDistiller and "
+        "mdistiller: KD, FitNets, AT, FT, RKD, NST, SP, CC, VID, PKT, AB, FSP, KDSVD, CRD, OFD, "
+        "ReviewKD, DKD, DOT, and SimKD, logit standardisation, KD_wo_CE's feature KD) on "
+        "CIFAR-10/100, SVHN, TinyImageNet or the MNIST family. Each experiment "
         "has its own directory (<outdir>/<dataset>/<method>/<teacher>_to_<student>/seed_<s>_<hash>) "
         "with last.pt rewritten every epoch, best.pt, metrics.json and status.json; rerunning a "
         "command resumes an interrupted experiment and skips a completed one.",
@@ -48,7 +51,8 @@ def add_parser(sub: Any, parser_class: type) -> None:
         "--pretrained",
         default=None,
         metavar="PATH|auto",
-        help="start from torchvision-layout ImageNet weights (resnet34, vgg19_bn, vit_b): a .pth "
+        help="start from torchvision-layout ImageNet weights (resnet34, vgg19_bn, vit_b, "
+        "resnet18/34/50_imagenet): a .pth "
         "state dict, or auto to download PyTorch's published file; the backbone then learns at "
         "lr x --backbone-lr-mult",
     )
@@ -63,9 +67,10 @@ def add_parser(sub: Any, parser_class: type) -> None:
     distill.add_argument(
         "--method",
         required=True,
-        help="none (the student alone, cross-entropy only), kd, logit_std, fitnets, at, ft, rkd, "
-        "nst, sp, dkd, simkd or fkd (feature distillation over generalized layers: the KD_wo_CE "
-        "paper's method and baselines)",
+        help="none (the student alone, cross-entropy only), "
+        + ", ".join(m for m in METHOD_NAMES if m != "fkd")
+        + " or fkd (feature distillation over generalized layers: the KD_wo_CE paper's method "
+        "and baselines); each method's parameters: --method-params",
     )
     distill.add_argument("--teacher", required=True, help="teacher model name, e.g. resnet110")
     distill.add_argument("--student", required=True, help="student model name, e.g. resnet20")
@@ -90,8 +95,10 @@ def add_parser(sub: Any, parser_class: type) -> None:
     distill.add_argument(
         "--init-epochs",
         default=None,
-        help="epochs of FitNets' hint stage or FT's paraphraser pre-training first (default: "
-        "30 for ft, 0 for fitnets, which then trains the regressor jointly)",
+        help="epochs of the method's init stage first: FitNets' hints, FT's paraphraser, AB's "
+        "and FSP's student features (default: "
+        + ", ".join(f"{n} for {m}" for m, n in INIT_EPOCHS.items())
+        + "; fitnets then trains its regressor jointly)",
     )
     _common(distill)
     sweep = kd_sub.add_parser(

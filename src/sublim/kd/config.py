@@ -52,6 +52,10 @@ PRETRAINED_FILES = {
     "resnet34": "resnet34-b627a593.pth",
     "vgg19_bn": "vgg19_bn-c79401a0.pth",
     "vit_b": "vit_b_16-c867db91.pth",
+    # the files mdistiller's ImageNet teachers load (loaded whole, 1000-way fc included)
+    "resnet18_imagenet": "resnet18-5c106cde.pth",
+    "resnet34_imagenet": "resnet34-333f7ec4.pth",
+    "resnet50_imagenet": "resnet50-19c8e357.pth",
 }
 POS_LAYOUTS = ("torchvision", "reference")
 # The names kd.models and kd.losses register (they check at import that they match), so that
@@ -74,6 +78,9 @@ MODEL_NAMES = (
     "vgg8",
     "vgg13",
     "mobilenetv2",
+    "shufflev1",
+    "shufflev2",
+    "resnet50",  # RepDistiller's CIFAR ResNet50
     # KD_wo_CE's models (torchvision layouts; they depend on the image size)
     "resnet9",
     "resnet18",
@@ -83,6 +90,11 @@ MODEL_NAMES = (
     "mobilenetv2_w1",
     "vit_b",
     "vit_ett",
+    # mdistiller's ImageNet models
+    "resnet18_imagenet",
+    "resnet34_imagenet",
+    "resnet50_imagenet",
+    "mobilenetv1",
 )
 METHOD_NAMES = (
     "kd",
@@ -96,7 +108,22 @@ METHOD_NAMES = (
     "dkd",
     "simkd",
     "fkd",
+    "pkt",
+    "cc",
+    "vid",
+    "kdsvd",
+    "ofd",
+    "reviewkd",
+    "ab",
+    "fsp",
+    "crd",
+    "crd_kd",
 )
+# Methods with an init stage (`--init-epochs`) and its default length: RepDistiller's 30 epochs
+# for FT (the paraphraser), AB (connectors and student features) and FSP (student features);
+# FitNets' hint stage is off (RepDistiller trains it jointly). kd.losses checks it against
+# each method's `init_stage`.
+INIT_EPOCHS: dict[str, int] = {"fitnets": 0, "ft": 30, "ab": 30, "fsp": 30}
 # Fields that never change results: where to read and write, and how to show progress.
 NON_RESULT = frozenset(
     {
@@ -202,8 +229,9 @@ class KDConfig:
     method: str = "none"  # none: the student alone (cross-entropy); else a kd.losses method
     method_params: dict[str, Any] = field(default_factory=dict)
     alpha: float | None = None  # (1 - alpha) * CE + alpha * distill; None: per-method weights
-    # FitNets hint stage / FT paraphraser pre-training before `epochs`; None: the method's
-    # default (ft: 30 as in RepDistiller; fitnets: 0, trained jointly as in RepDistiller)
+    # FitNets hint stage / FT paraphraser pre-training / AB's and FSP's feature stage before
+    # `epochs`; None: the method's default (INIT_EPOCHS: ft, ab, fsp 30 as in RepDistiller;
+    # fitnets 0, trained jointly as in RepDistiller)
     init_epochs: int | None = None
     epochs: int = 150
     batch_size: int = 128
@@ -392,11 +420,11 @@ class KDConfig:
             auto_metric(self.method_params.get("teacher_layers"))
         if self.init_epochs is not None:
             _int("init_epochs", self.init_epochs, 0)
-            if self.init_epochs and self.method not in ("fitnets", "ft"):
+            if self.init_epochs and self.method not in INIT_EPOCHS:
                 raise ConfigError(
                     "--init-epochs",
                     self.init_epochs,
-                    "only fitnets (hint stage) and ft (paraphraser)",
+                    f"only {', '.join(INIT_EPOCHS)} have an init stage",
                 )
         for name in ("nesterov", "amp", "channels_last", "drop_last", "teacher_bn_nudge"):
             if not isinstance(getattr(self, name), bool):
@@ -414,10 +442,11 @@ class KDConfig:
     # ------------------------------------------------------------------ derived facts
     @property
     def init_stage(self) -> int:
-        """Epochs of the method's first stage (FT's paraphraser, FitNets' hints)."""
+        """Epochs of the method's first stage (FT's paraphraser, FitNets' hints, AB's and FSP's
+        feature stage): --init-epochs, else the method's default (`INIT_EPOCHS`)."""
         if self.init_epochs is not None:
             return self.init_epochs
-        return 30 if self.method == "ft" else 0
+        return INIT_EPOCHS.get(self.method, 0)
 
     @property
     def augmentation(self) -> str:

@@ -40,10 +40,11 @@ _LAYER = re.compile(r"^L(\d+)$")
 
 def model_shapes(model: TapNet, in_shape: tuple[int, int, int]) -> TapShapes:
     """Per-sample shapes of a model's named taps and of its generalized layers ("L<k>"), with
-    the taps that are its benchmark features (`TapNet.feature_taps`, the methods' defaults)."""
+    the taps that are its benchmark features (`TapNet.feature_taps`, the methods' defaults) and
+    their pre-activation versions (`TapNet.preact_taps`)."""
     shapes = dict(model.tap_shapes(in_shape))
     shapes.update({layer_tap(g.index): tuple(g.shape) for g in model.layer_table(in_shape)})
-    return TapShapes(shapes, getattr(model, "feature_taps", ()))
+    return TapShapes(shapes, model.feature_taps, model.preact_taps)
 
 
 class _NoMetaInit(TorchFunctionMode):
@@ -111,7 +112,7 @@ def named_model_shapes(name: str, num_classes: int, in_shape: tuple[int, int, in
         out = model._forward_all(torch.zeros((1, *in_shape)), walk)
     shapes = {k: tuple(v.shape[1:]) for k, v in out.items()}
     shapes.update({layer_tap(i): shape for i, shape in enumerate(layers)})
-    return TapShapes(shapes, model.feature_taps)
+    return TapShapes(shapes, model.feature_taps, model.preact_taps)
 
 
 def method_params(config: KDConfig) -> dict[str, Any]:
@@ -237,6 +238,7 @@ def build_models(
         )
     if distiller.uses_tail:  # the SimKD variant: a trainable teacher copy
         distiller.attach_teacher(teacher, config.input_shape)
+    distiller.bind_teacher(teacher)  # e.g. OFD's margins, from the loaded teacher's BNs
     models.distiller = distiller.to(device)
     models.student_taps = tuple(dict.fromkeys(("logits", *distiller.student_taps)))
     if distiller.uses_tail:  # its logits come from the tail, not the student
@@ -320,28 +322,34 @@ def set_lr(opt: torch.optim.Optimizer, lr: float, beta1: float | None = None) ->
 
 
 def _stage_params(config: KDConfig, models: Models, stage: str) -> Groups:
-    """What an optimizer updates: the paraphraser alone in FT's init stage, else the student and
-    the distiller's trainable modules (FT's paraphraser stays frozen after its stage). With
-    pretrained weights the student's backbone learns at lr x --backbone-lr-mult."""
+    """What an optimizer updates: in the init stage, what the method's `InitStage` names (the
+    student: none of it, its features without the classifier head, or all of it) and the
+    distiller's `init_parameters()` (FT: the paraphraser; AB: the connectors); in the main
+    stage the student and the distiller's `main_parameters()` (none for AB and FSP, whose main
+    stage is plain CE; FT's paraphraser stays frozen). With pretrained weights the student's
+    backbone learns at lr x --backbone-lr-mult."""
     d = models.distiller
-    if stage == "init" and config.method == "ft":
-        return [(list(d.paraphraser.parameters()), 1.0)]  # type: ignore[union-attr]
-    if config.pretrained is not None:
-        split = models.student.param_groups()
-        groups = [(split["backbone"], config.backbone_lr_mult), (split["head"], 1.0)]
-    else:
-        groups = [(list(models.student.parameters()), 1.0)]
+    init = d.init_stage if d is not None and stage == "init" else None
+    trains = "all" if init is None else init.student
+    split = models.student.param_groups()
+    backbone_mult = config.backbone_lr_mult if config.pretrained is not None else 1.0
+    groups: Groups = []
+    if trains == "features":
+        groups.append((split["backbone"], backbone_mult))
+    elif trains == "all" and config.pretrained is not None:
+        groups += [(split["backbone"], config.backbone_lr_mult), (split["head"], 1.0)]
+    elif trains == "all":
+        groups.append((list(models.student.parameters()), 1.0))
     if d is not None:
-        skip = set(map(id, d.paraphraser.parameters())) if config.method == "ft" else set()
-        groups.append(([p for p in d.parameters() if p.requires_grad and id(p) not in skip], 1.0))
+        groups.append((d.init_parameters() if init is not None else d.main_parameters(), 1.0))
     return groups
 
 
 def _init_lr(config: KDConfig, models: Models) -> float:
-    """The constant learning rate of the init stage: FT's `paraphraser_lr` (RepDistiller's 0.01)
-    unless it is None, else the recipe's --lr."""
-    lr = getattr(models.distiller, "paraphraser_lr", None) if config.method == "ft" else None
-    return config.lr if lr is None else float(lr)
+    """The constant learning rate of the init stage: the method's `init_lr` of the recipe's
+    --lr (FT: `paraphraser_lr`, RepDistiller's 0.01, unless it is None; others: --lr)."""
+    d = models.distiller
+    return config.lr if d is None else float(d.init_lr(config.lr))
 
 
 def channels_last(config: KDConfig, device: torch.device) -> bool:
@@ -405,6 +413,8 @@ def train(
 
     `stop_after(epoch)` (tests) ends the loop after that epoch as a kill would, state saved."""
     models = build_models(config, device, teacher_weights)
+    if models.distiller is not None:  # CRD: memory banks sized and seeded (resume overwrites)
+        models.distiller.bind_data(data.train_y, config.seed)
     cuda = device.type == "cuda"
     amp = config.amp and cuda
     last = channels_last(config, device)
@@ -552,9 +562,19 @@ def _epoch(
     adds each named loss term (ce and the method's), times the batch size, to `terms`."""
     last = channels_last(config, train_x.device)
     student, teacher, distiller = models.student, models.teacher, models.distiller
+    init = distiller.init_stage if distiller is not None and stage == "init" else None
     student.train()
+    if init is not None and init.student == "features":  # the head neither trains nor drops out
+        getattr(student, student.head_name).eval()
     if distiller is not None:
         distiller.train()
+    if teacher is not None:  # eval, or train (BN batch statistics: OFD); never a gradient
+        teacher.train(distiller is not None and distiller.teacher_mode == "train")
+    # FT's init stage trains the paraphraser on the teacher alone: the student does not run
+    # (RepDistiller keeps it in eval mode), so its BatchNorm statistics stay untouched
+    runs_student = init is None or init.student != "none"
+    # AB's and FSP's main stage is plain cross-entropy: no distiller loss, no teacher forward
+    distills = distiller is not None and (init is not None or not distiller.ce_only_main)
     n, bs = train_x.shape[0], config.batch_size
     perm = torch.randperm(n, generator=seeds.generator(config.seed, "kd", "shuffle", epoch))
     perm = perm.to(train_x.device)
@@ -575,18 +595,15 @@ def _epoch(
         x = augment(norm.take(train_x, idx), epoch, i // bs)
         x = _layout(x, last)
         y = train_y[idx]
-        # FT's init stage trains the paraphraser on the teacher alone: the student does not run
-        # (RepDistiller keeps it in eval mode), so its BatchNorm statistics stay untouched
-        paraphrasing = stage == "init" and config.method == "ft"
         with torch.autocast(x.device.type, enabled=amp):
             s = None
-            if not paraphrasing:
+            if runs_student:
                 s = run_taps(student, x, models.student_taps, detach_after=detach_after)
             if distiller is not None and distiller.uses_tail:  # CE and KD train the teacher's copy
                 s["logits"] = distiller.tail_logits(s)  # type: ignore[union-attr,operator]
             t = None
             fixed = models.teacher_logits
-            if teacher is not None and distiller is not None:  # eval mode, no gradient
+            if teacher is not None and distills:  # eval mode, no gradient
                 if fixed is not None and set(models.teacher_taps) <= {"logits"}:
                     t = {"logits": fixed[idx]}  # only logits are read: no teacher forward
                 else:
@@ -594,15 +611,14 @@ def _epoch(
                         t = run_taps(teacher, x, models.teacher_taps)
                     if fixed is not None:
                         t["logits"] = fixed[idx]
-            if stage == "init":  # FT: paraphraser reconstruction; FitNets: the hint loss alone
-                if paraphrasing:
-                    loss = distiller.paraphraser_loss(t)  # type: ignore[union-attr]
-                else:  # the raw hint loss (the paper's stage 1), whatever the method's weight
-                    (hint,) = distiller(s, t, y, 0).values()  # type: ignore[misc]
-                    loss = hint / distiller.weight if distiller.weight > 0 else hint  # type: ignore[union-attr]
+            if init is not None:  # the method's unweighted init loss (FT: the paraphraser's)
+                loss = distiller.init_loss(s, t)  # type: ignore[union-attr,arg-type]
             else:
                 ce = F.cross_entropy(s["logits"].float(), y, label_smoothing=config.label_smoothing)
-                losses = {} if distiller is None else distiller(s, t, y, main_epoch)
+                # CRD reads the batch's dataset positions and its step (seeds its negatives)
+                needs = distills and distiller.needs_index  # type: ignore[union-attr]
+                where = {"index": idx, "step": step} if needs else {}
+                losses = distiller(s, t, y, main_epoch, **where) if distills else {}  # type: ignore[misc]
                 loss = combine(ce, losses, config.alpha, ce_weight=ce_weight)
                 if terms is not None:
                     for name, term in {"ce": ce, **losses}.items():

@@ -30,11 +30,16 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from ..config import METHOD_NAMES
+from ..config import INIT_EPOCHS, METHOD_NAMES
 from .base import Distiller, DistillerConfigError, Shapes, Taps
+from .contrast import ContrastMemory, draw_contrast, nce_loss
+from .correlation import CC, KDSVD, cc_gaussian_loss, cc_repdistiller_loss, kdsvd_losses
+from .crd import CRD, CRDKD
 from .features import AT, FT, ConvReg, FitNets, Paraphraser, attention_map
+from .info import PKT, VID, pkt_loss, vid_nll
 from .layers import STANDARD_LAYERS, FeatureKD, cosine_matrix, layer_tap
 from .logits import DKD, KD, LogitStd, zscore
+from .ofd import OFD, ofd_feat_loss, ofd_margin
 from .registry import (
     METHODS,
     check_method_params,
@@ -43,12 +48,31 @@ from .registry import (
     parameter_names,
 )
 from .relations import NST, RKD, SP, pairwise_distances, similarity_matrix, triplet_cosines
+from .reviewkd import ABF, ReviewKD, hcl_loss
 from .simkd import SimKD
+from .stagewise import AB, FSP, ab_level_loss, fsp_matrices, fsp_matrix
 
 __all__ = [
     "METHODS",
+    "CRD",
+    "CRDKD",
+    "ContrastMemory",
+    "draw_contrast",
+    "nce_loss",
+    "AB",
+    "FSP",
+    "ab_level_loss",
+    "fsp_matrices",
+    "fsp_matrix",
     "AT",
+    "CC",
     "DKD",
+    "KDSVD",
+    "PKT",
+    "VID",
+    "OFD",
+    "ReviewKD",
+    "ABF",
     "FT",
     "KD",
     "NST",
@@ -68,6 +92,14 @@ __all__ = [
     "SimKD",
     "Taps",
     "attention_map",
+    "cc_gaussian_loss",
+    "cc_repdistiller_loss",
+    "kdsvd_losses",
+    "pkt_loss",
+    "vid_nll",
+    "hcl_loss",
+    "ofd_feat_loss",
+    "ofd_margin",
     "check_method_params",
     "combine",
     "create_distiller",
@@ -82,6 +114,9 @@ __all__ = [
 # kd.config checks method names without importing torch; its parameters come from .registry
 if tuple(METHODS) != METHOD_NAMES:
     raise ImportError("kd.losses.METHODS and kd.config.METHOD_NAMES disagree")
+# nor its init stages (which methods accept --init-epochs, and their default length)
+if {m: c.init_stage.epochs for m, c in METHODS.items() if c.init_stage} != INIT_EPOCHS:
+    raise ImportError("the methods' init_stage and kd.config.INIT_EPOCHS disagree")
 
 # ---------------------------------------------------------------------------------------------
 # Combination

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -163,6 +164,21 @@ def _kl_softened(s_logits: Tensor, t_logits: Tensor, temperature: float) -> Tens
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class InitStage:
+    """A method's first training stage, run for `--init-epochs` before the main one (RepDistiller's
+    helper/pretrain.py::init): SGD or AdamW as configured, at the constant lr
+    `Distiller.init_lr`, on `Distiller.init_loss`, updating `Distiller.init_parameters()` and,
+    per `student`, the student."""
+
+    # default number of epochs (kd.config.INIT_EPOCHS holds the same, to validate without torch)
+    epochs: int
+    # what of the student the stage trains: "none" (the student does not run), "features"
+    # (everything but its classifier head, which runs in eval mode and keeps its weights:
+    # RepDistiller's get_feat_modules) or "all" (the whole student in train mode)
+    student: Literal["none", "features", "all"]
+
+
 class Distiller(nn.Module):
     """One distillation method: reads student and teacher taps by name, returns named losses.
 
@@ -181,6 +197,18 @@ class Distiller(nn.Module):
     }
     # whether the student's logits come from the distiller (`tail_logits`), not its own head
     uses_tail: bool = False
+    # the method's first stage (`InitStage`), None when it has none
+    init_stage: ClassVar[InitStage | None] = None
+    # whether the main stage after the init stage is plain cross-entropy (RepDistiller's AB and
+    # FSP): the loop then neither calls `forward` nor runs the teacher there
+    ce_only_main: ClassVar[bool] = False
+    # the teacher's mode during training steps (the loop sets it each epoch; its forward stays
+    # under no_grad): "eval" (running BN statistics, the benchmarks' default) or "train" (batch
+    # statistics, as mdistiller's OFD and ReviewKD's official code run it)
+    teacher_mode: str = "eval"
+    # whether `forward` needs each batch's positions in the training set: the loop then passes
+    # them as `index=` with the batch's number in the epoch as `step=` (CRD's memory banks)
+    needs_index: ClassVar[bool] = False
     student_taps: tuple[str, ...]
     teacher_taps: tuple[str, ...]
 
@@ -197,6 +225,33 @@ class Distiller(nn.Module):
 
         `epoch` is the 0-based index of the current epoch (only DKD's warm-up reads it)."""
         raise NotImplementedError
+
+    def bind_teacher(self, teacher: nn.Module) -> None:
+        """Read what the method needs from the trained teacher model itself, not only its
+        shapes (OFD's margins); the loop calls it once the teacher's weights are loaded. Default:
+        nothing."""
+
+    def bind_data(self, train_y: Tensor, seed: int) -> None:
+        """Read what the method needs from the training set (CRD: its labels, which size the
+        memory banks and index the classes for the sampler; `seed` is the experiment's); the
+        loop calls it before training or resuming. Default: nothing."""
+
+    def init_loss(self, s: Taps, t: Taps) -> Tensor:  # pragma: no cover - abstract
+        """The unweighted loss the init stage minimises (methods with an `init_stage`)."""
+        raise NotImplementedError
+
+    def init_lr(self, lr: float) -> float:
+        """The init stage's constant learning rate given the recipe's --lr (default: that lr)."""
+        return lr
+
+    def init_parameters(self) -> list[nn.Parameter]:
+        """The method's own parameters the init stage trains (default: every trainable one)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def main_parameters(self) -> list[nn.Parameter]:
+        """The method's own parameters the main stage trains: every trainable one, none when
+        the main stage is plain cross-entropy (`ce_only_main`)."""
+        return [] if self.ce_only_main else [p for p in self.parameters() if p.requires_grad]
 
     def extra_parameters(self) -> int:
         """Number of parameters the method adds (regressors, projectors, ...), as in mdistiller."""

@@ -236,6 +236,7 @@ class CRDKD(CRD):
         _shape(t_shapes, "logits", "teacher", "temperature", 1)
         self.temperature = _positive("temperature", temperature)
         self.kd_weight = _non_negative("kd_weight", kd_weight)
+        self.student_taps = tuple(dict.fromkeys((*self.student_taps, "logits")))
         self.teacher_taps = tuple(dict.fromkeys((*self.teacher_taps, "logits")))
 
     def forward(

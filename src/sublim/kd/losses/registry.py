@@ -19,14 +19,43 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .base import Distiller, DistillerConfigError, Shapes
+from .correlation import CC, KDSVD
+from .crd import CRD, CRDKD
 from .features import AT, FT, FitNets
+from .info import PKT, VID
 from .layers import FeatureKD
 from .logits import DKD, KD, LogitStd
+from .ofd import OFD
 from .relations import NST, RKD, SP
+from .reviewkd import ReviewKD
 from .simkd import SimKD
+from .stagewise import AB, FSP
 
 METHODS: dict[str, type[Distiller]] = {
-    cls.name: cls for cls in (KD, LogitStd, FitNets, AT, FT, RKD, NST, SP, DKD, SimKD, FeatureKD)
+    cls.name: cls
+    for cls in (
+        KD,
+        LogitStd,
+        FitNets,
+        AT,
+        FT,
+        RKD,
+        NST,
+        SP,
+        DKD,
+        SimKD,
+        FeatureKD,
+        PKT,
+        CC,
+        VID,
+        KDSVD,
+        OFD,
+        ReviewKD,
+        AB,
+        FSP,
+        CRD,
+        CRDKD,
+    )
 }
 
 

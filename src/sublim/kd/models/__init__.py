@@ -1,10 +1,14 @@
-"""CIFAR-style classifiers with named feature taps: the standard CIFAR KD benchmark's models and
-KD_wo_CE's (torchvision-layout ResNet9/18/34, VGG11/19-BN, MobileNetV2 x1.0, ViT-B, ViT-ETT).
+"""CIFAR-style classifiers with named feature taps: the standard CIFAR KD benchmark's models
+(CIFAR ResNets, WRNs, VGGs, MobileNetV2, ShuffleNet V1/V2 and RepDistiller's CIFAR ResNet50,
+"resnet50": 3x3 stem, no max pool) and KD_wo_CE's (torchvision-layout ResNet9/18/34,
+VGG11/19-BN, MobileNetV2 x1.0, ViT-B, ViT-ETT), plus mdistiller's ImageNet models
+(resnet18/34/50_imagenet in torchvision's layout, mobilenetv1; 224 px).
 
 The definitions follow RepDistiller / CRD (Tian et al., also used by mdistiller) layer for layer:
 same widths, strides, shortcuts and parameter counts, and the same initialisation. Module names
 match RepDistiller's too, so a RepDistiller state dict loads after renaming its classifier keys
-(`fc.` for ResNets and WRNs, `classifier.0.` for MobileNetV2) to `classifier.`.
+(`fc.` for ResNets and WRNs, `classifier.0.` for MobileNetV2, `linear.` for the ShuffleNets
+and ResNet50) to `classifier.`.
 
 Every model is a `TapNet`: `forward(x, taps)` returns a dict with "logits" and the requested
 intermediate outputs ("taps"), named uniformly across families so that a distillation loss reads
@@ -39,10 +43,14 @@ from torch import nn
 from ...errors import ConfigError
 from ..config import KD_DATASETS, MODEL_NAMES
 from .base import GenLayer, TapNet
+from .imagenet import ImageNetResNet, resnet_imagenet
 from .mobilenet import MobileNetV2
 from .mobilenet_tl import MobileNetV2TL
+from .mobilenetv1 import MobileNetV1
 from .resnet import CifarResNet
+from .resnet50 import BottleneckResNet
 from .resnet_tv import ResNetTV
+from .shufflenet import ShuffleNetV1, ShuffleNetV2
 from .vgg import VGG, VGG_CFGS
 from .vgg_tv import VGGTV, vgg_tv
 from .vit import VisionTransformer
@@ -50,11 +58,16 @@ from .wrn import WideResNet
 
 __all__ = [
     "MODELS",
+    "BottleneckResNet",
     "CifarResNet",
     "GenLayer",
+    "ImageNetResNet",
     "MobileNetV2",
+    "MobileNetV1",
     "MobileNetV2TL",
     "ResNetTV",
+    "ShuffleNetV1",
+    "ShuffleNetV2",
     "TapNet",
     "VGG",
     "VGGTV",
@@ -94,6 +107,10 @@ MODELS: dict[str, Callable[..., TapNet]] = {
     "vgg8": partial(VGG, VGG_CFGS["vgg8"]),
     "vgg13": partial(VGG, VGG_CFGS["vgg13"]),
     "mobilenetv2": partial(MobileNetV2, 6, 0.5),  # RepDistiller's `mobile_half`
+    "shufflev1": partial(ShuffleNetV1, (240, 480, 960), (4, 8, 4), 3),  # RD's `ShuffleV1`
+    "shufflev2": partial(ShuffleNetV2, (116, 232, 464, 1024), (3, 7, 3)),  # `ShuffleV2`, size 1
+    # RepDistiller's CIFAR `ResNet50` (resnetv2.py: 3x3 stem, no max pool), not torchvision's
+    "resnet50": partial(BottleneckResNet, (3, 4, 6, 3)),
 }
 MODELS = {name: partial(_any_size, factory) for name, factory in MODELS.items()}
 MODELS |= {
@@ -105,6 +122,11 @@ MODELS |= {
     "mobilenetv2_w1": MobileNetV2TL,
     "vit_b": partial(VisionTransformer, 12, 768, 12, 3072),
     "vit_ett": partial(VisionTransformer, 8, 192, 6, 576),
+    # mdistiller's ImageNet models (224 px; torchvision ResNet keys, `fc.` -> `classifier.`)
+    "resnet18_imagenet": partial(resnet_imagenet, 18),
+    "resnet34_imagenet": partial(resnet_imagenet, 34),
+    "resnet50_imagenet": partial(resnet_imagenet, 50),
+    "mobilenetv1": MobileNetV1,
 }
 
 

@@ -1,9 +1,10 @@
 """Wide ResNets (RepDistiller wrn.py): pre-activation blocks, depth = 6n + 4, dropout 0.
 
-Taps: stem (the first conv; no BN-ReLU), stage1_pre, stage1, ..., stage3_pre, stage3, pool.
-"stageK_pre" is the stage's raw residual sum (what RepDistiller returns with preact=False);
-"stageK" is relu(BN(stageK_pre)) with the BN that follows: the first BN of the next stage's first
-block (stages 1, 2) or the final BN (stage 3). Both are computed by every forward.
+Taps: stem (the first conv; no BN-ReLU), stage1_pre, stage1_bn, stage1, ..., stage3_pre,
+stage3_bn, stage3, pool. "stageK_pre" is the stage's raw residual sum (what RepDistiller returns
+with preact=False); "stageK_bn" is BN(stageK_pre) with the BN that follows: the first BN of the
+next stage's first block (stages 1, 2) or the final BN (stage 3), i.e. what RepDistiller returns
+with preact=True; "stageK" is relu(stageK_bn). All three are computed by every forward.
 
 Generalized layers (3n + 2): every block's raw residual sum "blockK.layer.i", then the final
 BN-ReLU "relu", then "flatten". The stem conv has no ReLU, so it is not one.
@@ -15,7 +16,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import TapNet, Walk, _conv3x3, _global_pool, _no_walk
-from .resnet import CifarResNet
 
 
 class PreActBlock(nn.Module):
@@ -58,11 +58,25 @@ class _WRNStage(nn.Module):
 class WideResNet(TapNet):
     """WRN-depth-k for 32x32 inputs: stem conv 16, stages 16k, 32k, 64k, final BN-ReLU."""
 
-    tap_names = CifarResNet.tap_names
+    tap_names = (
+        "stem",
+        "stage1_pre",
+        "stage1_bn",
+        "stage1",
+        "stage2_pre",
+        "stage2_bn",
+        "stage2",
+        "stage3_pre",
+        "stage3_bn",
+        "stage3",
+        "pool",
+    )
     linear_init = "torch_zero_bias"
     # RepDistiller's and mdistiller's WRN features are the raw residual sums (preact=False),
     # not the BN-ReLU that follows them
     feature_taps = ("stage1_pre", "stage2_pre", "stage3_pre")
+    # preact=True: the following BN applied to each sum, without its ReLU
+    preact_taps = ("stage1_bn", "stage2_bn", "stage3_bn")
 
     def __init__(self, depth: int, widen_factor: int, num_classes: int = 100) -> None:
         super().__init__()
@@ -78,19 +92,28 @@ class WideResNet(TapNet):
         self.classifier = nn.Linear(widths[3], num_classes)
         self.reset_parameters()
 
+    def preact_bns(self) -> dict[str, nn.BatchNorm2d]:
+        """Per preact tap "stageK_bn", the BN that forms it: the next stage's first bn1, or the
+        final bn1 (mdistiller's get_bn_before_relu)."""
+        bns = (self.block2.layer[0].bn1, self.block3.layer[0].bn1, self.bn1)
+        return {f"stage{k}_bn": bn for k, bn in enumerate(bns, start=1)}
+
     def _forward_all(self, x: Tensor, walk: Walk = _no_walk) -> dict[str, Tensor]:
         x = self.conv1(x)
         out = {"stem": x}
         for k, stage in enumerate((self.block1, self.block2, self.block3), start=1):
             first = stage.layer[0]
-            a = first.activate(x)
+            b = first.bn1(x)  # first.activate(x), its BN output kept as a tap
+            a = F.relu(b)
             if k > 1:  # the previous stage's activated output is this stage's first activation
+                out[f"stage{k - 1}_bn"] = b
                 out[f"stage{k - 1}"] = a
             x = walk(first.forward_activated(x, a), f"block{k}.layer.0")
             for i, block in enumerate(stage.layer[1:], start=1):
                 x = walk(block(x), f"block{k}.layer.{i}")
             out[f"stage{k}_pre"] = x
-        out["stage3"] = x = walk(F.relu(self.bn1(x)), "relu")
+        out["stage3_bn"] = b = self.bn1(x)
+        out["stage3"] = x = walk(F.relu(b), "relu")
         out["pool"] = x = walk(_global_pool(x), "flatten")
         out["logits"] = self.classifier(x)
         return out
