@@ -74,3 +74,92 @@ def test_dot_without_weight_decay_and_delta_is_sgd_on_the_summed_loss() -> None:
 def test_dot_refuses_a_delta_beyond_the_momentum() -> None:
     with pytest.raises(ValueError, match="delta"):
         DOT([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9, delta=1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# kd_dot in the training loop
+# ---------------------------------------------------------------------------------------------
+
+
+def _tiny_config(out, **kw):
+    from kd_tiny import tiny
+
+    return tiny(out, **{"train_limit": 60, "batch_size": 20, "test_limit": 40, **kw})
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory: pytest.TempPathFactory):
+    from sublim.kd.runner import run_experiment
+
+    out = tmp_path_factory.mktemp("dot")
+    assert run_experiment(_tiny_config(out))["status"] == "completed"
+    return out
+
+
+def _student(teacher, into, method: str, **kw):
+    from sublim.kd.experiment import experiment_dir
+
+    ck = str(experiment_dir(_tiny_config(teacher)) / "best.pt")
+    config = _tiny_config(teacher, role="student", teacher="resnet8", method=method, **kw)
+    return config.replace(outdir=str(into), teacher_checkpoint_path=ck, epochs=2)
+
+
+def test_kd_dot_trains_with_two_passes_and_at_delta_zero_equals_kd(teacher, tmp_path) -> None:
+    """kd_dot's losses are KD's; DOT with delta 0 is SGD on their sum, so one epoch of kd_dot
+    (delta 0) ends where kd ends, up to the order of floating-point additions."""
+    from pathlib import Path
+
+    from sublim.kd.runner import run_experiment
+
+    runs = {}
+    for name, method, params in (
+        ("kd", "kd", {}),
+        ("dot0", "kd_dot", {"delta": 0.0}),
+        ("dot", "kd_dot", {}),
+    ):
+        config = _student(teacher, tmp_path / name, method, method_params=params)
+        result = run_experiment(config)
+        assert result["status"] == "completed", result
+        runs[name] = torch.load(Path(result["dir"]) / "last.pt", weights_only=True)
+    kd, dot0, dot = runs["kd"]["model"], runs["dot0"]["model"], runs["dot"]["model"]
+    for key in kd:
+        if kd[key].is_floating_point():
+            torch.testing.assert_close(dot0[key], kd[key], rtol=1e-4, atol=1e-5)
+    moved = [k for k in kd if kd[k].is_floating_point() and not torch.allclose(dot[k], kd[k])]
+    assert moved  # delta 0.075 takes a different path
+    state = runs["dot"]["optimizer"]["state"]
+    assert any("momentum_kd_buffer" in s for s in state.values())  # DOT's own buffers, saved
+    terms = runs["dot"]["history"]["terms"][-1]
+    assert set(terms) == {"ce", "kd"}
+
+
+def test_kd_dot_resumes_to_the_same_weights(teacher, tmp_path) -> None:
+    from pathlib import Path
+
+    from sublim.kd.runner import run_experiment
+
+    config = _student(teacher, tmp_path / "whole", "kd_dot")
+    whole = torch.load(Path(run_experiment(config)["dir"]) / "last.pt", weights_only=True)
+    split = config.replace(outdir=str(tmp_path / "split"))
+    assert run_experiment(split, stop_after=lambda e: e == 0)["status"] == "in_progress"
+    again = torch.load(Path(run_experiment(split)["dir"]) / "last.pt", weights_only=True)
+    for key, value in whole["model"].items():
+        assert torch.equal(again["model"][key], value), key
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--optimizer", "adamw"], "--optimizer: invalid value 'adamw'; kd_dot (DOT) is SGD"),
+        (["--method-params", '{"delta": 1.5}'], "delta: invalid value 1.5"),
+    ],
+)
+def test_kd_dot_bad_input_is_one_line(tmp_path, capsys, extra, message) -> None:
+    from sublim.cli.main import main
+
+    args = ["kd", "distill", "--method", "kd_dot", "--teacher", "resnet8", "--student", "resnet8"]
+    args += ["--dataset", "mnist", "--outdir", str(tmp_path), *extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not any(tmp_path.iterdir())

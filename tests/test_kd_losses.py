@@ -739,7 +739,7 @@ def test_registry_and_defaults():
         "kd": 0.9, "logit_std": 9.0, "fitnets": 100.0, "at": 1000.0, "ft": 200.0,
         "rkd": 1.0, "nst": 50.0, "sp": 3000.0, "dkd": 1.0, "simkd": 1.0, "fkd": 1.0,
         "pkt": 30000.0, "cc": 0.02, "vid": 1.0, "kdsvd": 1.0, "ofd": 1e-3, "reviewkd": 5.0,
-        "ab": 1.0, "fsp": 50.0, "crd": 0.8, "crd_kd": 0.8,
+        "ab": 1.0, "fsp": 50.0, "crd": 0.8, "crd_kd": 0.8, "kd_dot": 0.9,
     }  # fmt: skip
     for name, cls in METHODS.items():
         assert cls.name == name and cls.__doc__ and "Reference" in cls.__doc__

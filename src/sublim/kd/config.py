@@ -118,6 +118,7 @@ METHOD_NAMES = (
     "fsp",
     "crd",
     "crd_kd",
+    "kd_dot",
 )
 # Methods with an init stage (`--init-epochs`) and its default length: RepDistiller's 30 epochs
 # for FT (the paraphraser), AB (connectors and student features) and FSP (student features);
@@ -418,6 +419,13 @@ class KDConfig:
             check_method_params(self.method, self.method_params)
         if self.method == "fkd":
             auto_metric(self.method_params.get("teacher_layers"))
+        if self.method == "kd_dot":  # DOT replaces the optimizer: SGD, two full-precision passes
+            if self.optimizer != "sgd":
+                raise ConfigError("--optimizer", self.optimizer, "kd_dot (DOT) is SGD-based: sgd")
+            if self.amp:
+                raise ConfigError(
+                    "--amp", True, "kd_dot (DOT's two-pass update) runs without mixed precision"
+                )
         if self.init_epochs is not None:
             _int("init_epochs", self.init_epochs, 0)
             if self.init_epochs and self.method not in INIT_EPOCHS:

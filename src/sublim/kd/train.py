@@ -29,6 +29,7 @@ from ..geometry.gram import one_thread
 from ..models.net import channels_last as to_channels_last
 from .config import KDConfig
 from .data import KDData
+from .dot import DOT
 from .losses import Distiller, combine, create_distiller, layer_tap
 from .losses.base import TapShapes
 from .losses.layers import STANDARD_LAYERS
@@ -295,9 +296,20 @@ def predict(models: Models, s: dict[str, torch.Tensor]) -> torch.Tensor:
 Groups = list[tuple[list[torch.nn.Parameter], float]]  # (parameters, lr multiplier)
 
 
-def _optimizer(config: KDConfig, groups: Groups) -> torch.optim.Optimizer:
-    """SGD or AdamW over parameter groups that carry their lr multiplier ("lr_mult")."""
+def _optimizer(
+    config: KDConfig, groups: Groups, dot_delta: float | None = None
+) -> torch.optim.Optimizer:
+    """SGD or AdamW over parameter groups that carry their lr multiplier ("lr_mult"); DOT's
+    per-loss-momentum SGD when `dot_delta` is given (kd_dot)."""
     param_groups = [{"params": p, "lr_mult": m} for p, m in groups if p]
+    if dot_delta is not None:
+        return DOT(
+            param_groups,
+            lr=config.lr,
+            momentum=config.momentum,
+            delta=dot_delta,
+            weight_decay=config.weight_decay,
+        )
     if config.optimizer == "adamw":
         return torch.optim.AdamW(param_groups, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(
@@ -307,6 +319,13 @@ def _optimizer(config: KDConfig, groups: Groups) -> torch.optim.Optimizer:
         weight_decay=config.weight_decay,
         nesterov=config.nesterov and config.momentum > 0,
     )
+
+
+def _stage_optimizer(config: KDConfig, models: Models, stage: str) -> torch.optim.Optimizer:
+    """The optimizer of a stage: over `_stage_params`, DOT in a kd_dot main stage."""
+    d = models.distiller
+    delta = d.dot_delta if d is not None and stage == "main" else None
+    return _optimizer(config, _stage_params(config, models, stage), delta)
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float, beta1: float | None = None) -> None:
@@ -428,7 +447,7 @@ def train(
     )
     state = Progress()
     stage = "init" if config.init_stage else "main"
-    opt = _optimizer(config, _stage_params(config, models, stage))
+    opt = _stage_optimizer(config, models, stage)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     if resume is not None:
         state = Progress(
@@ -438,7 +457,7 @@ def train(
         if models.distiller is not None:
             models.distiller.load_state_dict(resume["distiller"])
         stage = "init" if state.epoch < config.init_stage else "main"
-        opt = _optimizer(config, _stage_params(config, models, stage))
+        opt = _stage_optimizer(config, models, stage)
         if resume["stage"] == stage:
             opt.load_state_dict(resume["optimizer"])
         scaler.load_state_dict(resume["scaler"])
@@ -468,7 +487,7 @@ def train(
             e = state.epoch
             if e == config.init_stage and stage == "init":
                 stage = "main"
-                opt = _optimizer(config, _stage_params(config, models, stage))
+                opt = _stage_optimizer(config, models, stage)
             main_epoch = e - config.init_stage
             per_batch = stage == "main" and config.stepped_per_batch
             if per_batch:
@@ -620,14 +639,25 @@ def _epoch(
                 where = {"index": idx, "step": step} if needs else {}
                 losses = distiller(s, t, y, main_epoch, **where) if distills else {}  # type: ignore[misc]
                 loss = combine(ce, losses, config.alpha, ce_weight=ce_weight)
+                if isinstance(opt, DOT):  # DOT back-propagates the two parts separately
+                    task_part = combine(ce, {}, config.alpha, ce_weight=ce_weight)
+                    kd_part = sum(losses.values()) * (1.0 if config.alpha is None else config.alpha)
                 if terms is not None:
                     for name, term in {"ce": ce, **losses}.items():
                         add = term.detach().float() * idx.numel()
                         terms[name] = terms[name] + add if name in terms else add
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        if isinstance(opt, DOT) and init is None:  # two passes: the KD gradient, then the task's
+            opt.zero_grad(set_to_none=True)
+            kd_part.backward(retain_graph=True)
+            opt.step_kd()
+            opt.zero_grad(set_to_none=True)
+            task_part.backward()
+            opt.step()
+        else:
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
         loss_sum += loss.detach().float() * idx.numel()
         if s is not None:
             correct += _train_correct(models, s, y, amp)

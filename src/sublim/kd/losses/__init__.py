@@ -38,7 +38,7 @@ from .crd import CRD, CRDKD
 from .features import AT, FT, ConvReg, FitNets, Paraphraser, attention_map
 from .info import PKT, VID, pkt_loss, vid_nll
 from .layers import STANDARD_LAYERS, FeatureKD, cosine_matrix, layer_tap
-from .logits import DKD, KD, LogitStd, zscore
+from .logits import DKD, KD, KDDOT, LogitStd, zscore
 from .ofd import OFD, ofd_feat_loss, ofd_margin
 from .registry import (
     METHODS,
@@ -67,6 +67,7 @@ __all__ = [
     "AT",
     "CC",
     "DKD",
+    "KDDOT",
     "KDSVD",
     "PKT",
     "VID",

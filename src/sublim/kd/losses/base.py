@@ -209,6 +209,9 @@ class Distiller(nn.Module):
     # whether `forward` needs each batch's positions in the training set: the loop then passes
     # them as `index=` with the batch's number in the epoch as `step=` (CRD's memory banks)
     needs_index: ClassVar[bool] = False
+    # DOT (mdistiller's distillation-oriented trainer): the momentum split delta when the method
+    # is optimised by `kd.dot.DOT`, two backward passes per step; None: one pass, plain SGD
+    dot_delta: float | None = None
     student_taps: tuple[str, ...]
     teacher_taps: tuple[str, ...]
 

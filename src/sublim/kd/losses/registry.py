@@ -24,7 +24,7 @@ from .crd import CRD, CRDKD
 from .features import AT, FT, FitNets
 from .info import PKT, VID
 from .layers import FeatureKD
-from .logits import DKD, KD, LogitStd
+from .logits import DKD, KD, KDDOT, LogitStd
 from .ofd import OFD
 from .relations import NST, RKD, SP
 from .reviewkd import ReviewKD
@@ -55,6 +55,7 @@ METHODS: dict[str, type[Distiller]] = {
         FSP,
         CRD,
         CRDKD,
+        KDDOT,
     )
 }
 
