@@ -394,7 +394,13 @@ def _cmd_sweep(ns: argparse.Namespace) -> int:
     targets = track_targets(ns, plan.track, f"{ns.spec}: track")
     check_executor(ns.executor)
     for config in plan.students:  # methods and layers, before anything runs (no teacher needed)
-        prepare_check(config.replace(teacher_checkpoint_path=None), teacher=False, pretrained=False)
+        try:
+            prepare_check(
+                config.replace(teacher_checkpoint_path=None), teacher=False, pretrained=False
+            )
+        except UserError as exc:  # say which experiment of the spec it is
+            where = f"{config.teacher} -> {config.model}, {config.label or config.method}"
+            raise UserError(f"{ns.spec} (at {where}, {config.dataset}): {exc}") from None
     print(plan.summary())
     if ns.dry_run:
         rate = GPU_TFLOPS if ns.gpu_tflops is None else ns.gpu_tflops

@@ -1,0 +1,89 @@
+"""The KD benchmark's sweep specs plan the papers' experiments: the CRD paper's two CIFAR-100
+tables and mdistiller's, with their pairs, methods, N/A cells and per-pair recipes, and every
+one of them builds (`--dry-run` checks each method on its pair before printing)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from sublim.cli.main import main
+from sublim.kd.sweep import load_plan
+
+FIGURES = Path(__file__).resolve().parents[1] / "figures"
+SAME = {
+    ("wrn_40_2", "wrn_16_2"),
+    ("wrn_40_2", "wrn_40_1"),
+    ("resnet56", "resnet20"),
+    ("resnet110", "resnet20"),
+    ("resnet110", "resnet32"),
+    ("resnet32x4", "resnet8x4"),
+    ("vgg13", "vgg8"),
+}
+CROSS = {
+    ("vgg13", "mobilenetv2"),
+    ("resnet50", "mobilenetv2"),
+    ("resnet50", "vgg8"),
+    ("resnet32x4", "shufflev1"),
+    ("resnet32x4", "shufflev2"),
+    ("wrn_40_2", "shufflev1"),
+}
+CRD_METHODS = {"kd", "fitnets", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst"}
+CRD_METHODS |= {"crd", "crd_kd"}
+
+
+def test_crd_spec_is_the_papers_two_tables(tmp_path: Path) -> None:
+    plan = load_plan(FIGURES / "kd_crd_cifar100.toml", str(tmp_path))
+    cells = Counter((s.teacher, s.model, s.method) for s in plan.students)
+    assert {(t, s) for t, s, _ in cells} == SAME | CROSS
+    assert set(cells.values()) == {3}  # 3 seeds everywhere
+    for pair in SAME | CROSS:
+        methods = {m for t, s, m in cells if (t, s) == pair}
+        na = pair in CROSS or pair == ("wrn_40_2", "wrn_40_1")  # FSP: N/A in the paper
+        assert methods == CRD_METHODS - ({"fsp"} if na else set()), pair
+    assert len(plan.students) == 3 * (7 * 14 - 1 + 6 * 13) == 525
+    teachers = [
+        c for c in plan.teachers if c.method == "none" and c.model in {t for t, _ in SAME | CROSS}
+    ]
+    assert {c.seed for c in teachers} == {0}  # one teacher per model, shared as RepDistiller does
+    assert len(plan.teachers) == 6 + 3 * 9  # 6 teachers, 9 students alone x 3 seeds
+    lr = {(s.model, s.lr) for s in plan.students}
+    assert lr == {
+        (m, 0.01 if m in {"mobilenetv2", "shufflev1", "shufflev2"} else 0.05) for m, _ in lr
+    }
+    recipe = plan.students[0]
+    assert (recipe.epochs, recipe.batch_size, recipe.milestones, recipe.weight_decay) == (
+        240,
+        64,
+        (150, 180, 210),
+        5e-4,
+    )
+
+
+def test_mdistiller_spec_has_its_per_method_configs(tmp_path: Path) -> None:
+    plan = load_plan(FIGURES / "kd_mdistiller_cifar100.toml", str(tmp_path))
+    cells = Counter((s.teacher, s.model, s.method) for s in plan.students)
+    pairs = {(t, s) for t, s, _ in cells}
+    assert pairs == SAME - {("resnet110", "resnet20")} | CROSS - {("resnet50", "vgg8")}
+    dot = {(t, s) for t, s, m in cells if m == "kd_dot"}
+    assert dot == {("resnet32x4", "resnet8x4"), ("vgg13", "vgg8"), ("resnet32x4", "shufflev2")}
+    assert len(plan.students) == 3 * (11 * 13 - 5 + 3) == 423
+    params = {(s.teacher, s.model, s.method): s.method_params for s in plan.students}
+    assert params[("resnet56", "resnet20", "dkd")] == {"beta": 2.0}
+    assert params[("vgg13", "mobilenetv2", "dkd")] == {"beta": 6.0}
+    assert params[("resnet32x4", "resnet8x4", "vid")] == {"variance": "fixed"}
+    assert params[("resnet32x4", "resnet8x4", "kdsvd")] == {"matrix": "mdistiller"}
+
+
+@pytest.mark.parametrize("spec", ["kd_crd_cifar100.toml", "kd_mdistiller_cifar100.toml"])
+def test_benchmark_specs_dry_run(spec: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["kd", "sweep", str(FIGURES / spec), "--outdir", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    total = next(line for line in out if line.startswith("total"))
+    assert (
+        total.split()[1]
+        == {"kd_crd_cifar100.toml": "558", "kd_mdistiller_cifar100.toml": "456"}[spec]
+    )
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
