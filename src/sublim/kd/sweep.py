@@ -190,8 +190,8 @@ class KDPlan:
         flops = sum(experiment_flops(c) for c in todo)
         return (
             f"remaining: {len(todo)} experiments, {flops / 1e15:.1f} PFLOP: about "
-            f"{flops / (gflops * 1e9) / 3600:,.0f} CPU h, {flops / (gpu_tflops * 1e12) / 3600:,.0f}"
-            " GPU h\n"
+            f"{_hours(flops / (gflops * 1e9) / 3600)} CPU h, "
+            f"{_hours(flops / (gpu_tflops * 1e12) / 3600)} GPU h\n"
             f"(CPU: {gflops:g} GFLOP/s, the 2-core reference CPU's rate in benchmarks/kd_wo_ce.py; "
             f"GPU: {gpu_tflops:g} TFLOP/s\nachieved by one GPU on these small networks, an "
             "assumption: --gpu-tflops sets yours)"
