@@ -232,7 +232,7 @@ def test_schedules() -> None:
             "--method-params: invalid value '{bad'; not JSON",
         ),
         (["train-teacher", "--schedule", "step"], "--schedule: invalid value 'step'"),
-        (["train-teacher", "--dataset", "imagenet"], "--dataset: invalid value 'imagenet'"),
+        (["train-teacher", "--dataset", "places365"], "--dataset: invalid value 'places365'"),
         (["train-teacher", "--lr", "-1"], "--lr: invalid value -1.0"),
         (
             [

@@ -39,7 +39,7 @@ def add_parser(sub: Any, parser_class: type) -> None:
         description="Train teachers and distil students (every method of RepDistiller and "
         "mdistiller: KD, FitNets, AT, FT, RKD, NST, SP, CC, VID, PKT, AB, FSP, KDSVD, CRD, OFD, "
         "ReviewKD, DKD, DOT, and SimKD, logit standardisation, KD_wo_CE's feature KD) on "
-        "CIFAR-10/100, SVHN, TinyImageNet or the MNIST family. Each experiment "
+        "CIFAR-10/100, SVHN, TinyImageNet, the MNIST family or ImageNet. Each experiment "
         "has its own directory (<outdir>/<dataset>/<method>/<teacher>_to_<student>/seed_<s>_<hash>) "
         "with last.pt rewritten every epoch, best.pt, metrics.json and status.json; rerunning a "
         "command resumes an interrupted experiment and skips a completed one.",
@@ -175,10 +175,21 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--dataset",
         default="cifar100",
-        help="cifar10, cifar100, svhn, tinyimagenet, mnist, fashion-mnist or kmnist "
+        help="cifar10, cifar100, svhn, tinyimagenet, mnist, fashion-mnist, kmnist or imagenet "
         "(default: %(default)s)",
     )
-    g.add_argument("--data-dir", default="./data", help="dataset files (downloaded if missing)")
+    g.add_argument(
+        "--data-dir",
+        default="./data",
+        help="dataset files (downloaded if missing); imagenet: the folder holding train/<wnid>/ "
+        "and val/ (or its parent, as <data-dir>/imagenet), which you provide",
+    )
+    g.add_argument(
+        "--workers",
+        default=None,
+        help="imagenet: processes decoding images (default: min(8, CPU cores); 0: in the "
+        "training process); never changes results",
+    )
     g.add_argument("--outdir", default="outputs/kd", help="experiments root (default: %(default)s)")
     g.add_argument("--seed", default="0", help="(default: %(default)s)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
@@ -255,6 +266,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 _HELP = {
+    "epochs": "; 0 with train-teacher --pretrained: evaluate those weights as they are (a teacher "
+    "used as published)",
     "schedule": "; cosine, multistep (per epoch) or onecycle (per batch; --lr is the peak)",
     "milestones": "; multistep: epochs where lr is multiplied by --gamma",
     "optimizer": "; sgd or adamw (--momentum and --nesterov are SGD's)",
@@ -290,6 +303,7 @@ def config_from_args(ns: argparse.Namespace) -> Any:
         "seed": parse_int("--seed", ns.seed),
         "train_limit": parse_int("--train-limit", ns.train_limit),
         "test_limit": parse_int("--test-limit", ns.test_limit),
+        "workers": None if ns.workers is None else parse_int("--workers", ns.workers),
         "epochs": parse_int("--epochs", text("epochs")),
         "batch_size": parse_int("--batch-size", text("batch_size")),
         "lr": parse_float("--lr", text("lr")),

@@ -31,7 +31,13 @@ KD_DATASETS: dict[str, tuple[int, tuple[int, int, int]]] = {  # classes, input s
     "mnist": (10, (3, 32, 32)),
     "fashion-mnist": (10, (3, 32, 32)),
     "kmnist": (10, (3, 32, 32)),
+    # ILSVRC2012 from its folder (train/<wnid>, val/), read as it trains (sublim.data.imagenet):
+    # RandomResizedCrop 224 + flip in the reader's workers, resize 256 + centre crop 224 to test
+    "imagenet": (1000, (3, 224, 224)),
 }
+# Datasets decoded from disk batch by batch rather than held in memory (kd.batches): augmented
+# by their reader, so --augment does not apply, and without the KD_wo_CE code's behaviours
+STREAMED = ("imagenet",)
 SCHEDULES = ("cosine", "multistep", "onecycle")
 OPTIMIZERS = ("sgd", "adamw")
 DIGITS = ("svhn", "mnist", "kmnist")  # no horizontal flips by default
@@ -135,6 +141,7 @@ NON_RESULT = frozenset(
         "pretrained",
         "label",
         "teacher_layers_requested",
+        "workers",
     }
 )
 # Fields added after experiments were published: left out of the hash at their defaults, so
@@ -159,6 +166,13 @@ EVAL_BATCHES = ("all", "reference")
 TEACHER_LOGITS = ("online", "reference")
 REFERENCE_BEHAVIOURS = ("kd_wo_ce",)
 TRANSFORMERS = ("vit_b", "vit_ett")
+# Fields a training does not use when it only evaluates --pretrained weights (epochs = 0): left
+# out of such a teacher's hash, so students with different recipes share it
+TRAINING_ONLY = (
+    *("lr", "momentum", "weight_decay", "nesterov", "optimizer", "schedule", "milestones"),
+    *("gamma", "warmup_epochs", "label_smoothing", "augment", "drop_last", "train_limit"),
+    *("backbone_lr_mult", "pct_start", "onecycle_plan"),
+)
 # fields only a distillation has (a teacher or a student alone drops them)
 STUDENT_FIELDS = ("teacher_bn_nudge", "teacher_logits", "teacher_seed")
 ONECYCLE_PLANS = ("exact", "reference")
@@ -234,6 +248,8 @@ class KDConfig:
     # `epochs`; None: the method's default (INIT_EPOCHS: ft, ab, fsp 30 as in RepDistiller;
     # fitnets 0, trained jointly as in RepDistiller)
     init_epochs: int | None = None
+    # main-stage epochs; 0 (a teacher with --pretrained only): no training, the weights are
+    # evaluated once and become best.pt as they are (a teacher used as published, e.g. ImageNet)
     epochs: int = 150
     batch_size: int = 128
     lr: float = 0.1
@@ -258,6 +274,9 @@ class KDConfig:
     channels_last: bool = False  # CUDA: opt in; the CPU always runs channels-last (kd.train)
     train_limit: int = 0  # use only the first N training images (0: all); for smoke tests
     test_limit: int = 0  # evaluate on the first N test images only (0: all); for smoke tests
+    # processes decoding a streamed dataset (imagenet); None: min(8, CPU cores); 0 decodes in
+    # the training process. Never changes results (each image's crop is seeded on its own)
+    workers: int | None = None
     # cross-entropy weight; None: the method's reference weight (1 for a plain training)
     ce_weight: float | None = None
     # ImageNet weights to start from: a torchvision-layout .pth path or "auto" (download); the
@@ -357,8 +376,21 @@ class KDConfig:
             raise ConfigError("--method", self.method, "a teacher is trained without distillation")
         for name in ("seed", "warmup_epochs", "train_limit", "test_limit"):
             _int(name, getattr(self, name), 0)
-        for name in ("epochs", "batch_size"):
-            _int(name, getattr(self, name), 1)
+        _int("batch_size", self.batch_size, 1)
+        if self.epochs == 0 and not isinstance(self.epochs, bool):  # evaluate pretrained weights
+            if self.role != "teacher" or self.pretrained is None:
+                raise ConfigError(
+                    "--epochs",
+                    0,
+                    "0 only evaluates --pretrained weights (a teacher used as published); "
+                    "give --pretrained, or epochs >= 1",
+                )
+        else:
+            _int("epochs", self.epochs, 1)
+        if self.workers is not None:
+            _int("workers", self.workers, 0)
+        if self.dataset in STREAMED:
+            self._validate_streamed()
         for name in ("lr", "gamma"):
             _number(name, getattr(self, name), positive=True)
         for name in ("momentum", "weight_decay", "label_smoothing"):
@@ -440,12 +472,35 @@ class KDConfig:
         if self.augment is not None and not isinstance(self.augment, str):
             raise ConfigError("--augment", self.augment, "expected text such as crop=4,hflip=0.5")
         parse_augment(self.augmentation)
-        if self.schedule == "multistep":
+        if self.schedule == "multistep" and self.epochs:
             ms = self.milestones
             if list(ms) != sorted(set(ms)) or (ms and ms[-1] >= self.epochs):
                 raise ConfigError(
                     "--milestones", ms, f"expected increasing epochs below --epochs {self.epochs}"
                 )
+
+    def _validate_streamed(self) -> None:
+        """What a dataset read from disk as it trains cannot do (see STREAMED)."""
+        name = self.dataset
+        if self.reference_behaviour is not None:
+            raise ConfigError(
+                "--reference-behaviour",
+                self.reference_behaviour,
+                f"the KD_wo_CE code's behaviours apply to the in-memory datasets, not {name}",
+            )
+        if self.augment is not None:
+            raise ConfigError(
+                "--augment",
+                self.augment,
+                f"{name} is augmented by its reader (RandomResizedCrop 224 + flip, torchvision's "
+                "recipe); leave --augment out",
+            )
+        for flag, value, default in (
+            ("--teacher-logits", self.teacher_logits, "online"),
+            ("--eval-batches", self.eval_batches, "all"),
+        ):
+            if value != default:
+                raise ConfigError(flag, value, f"{name} is read from disk as it trains: {default}")
 
     # ------------------------------------------------------------------ derived facts
     @property
@@ -458,9 +513,12 @@ class KDConfig:
 
     @property
     def augmentation(self) -> str:
-        """The augmentation used: --augment, or the dataset's default (no flips for digits)."""
+        """The augmentation used: --augment, or the dataset's default (no flips for digits;
+        "none" on a streamed dataset, whose reader augments)."""
         if self.augment is not None:
             return self.augment
+        if self.dataset in STREAMED:  # augmented by the reader (RandomResizedCrop + flip)
+            return "none"
         return "crop=4" if self.dataset in DIGITS else "crop=4,hflip=0.5"
 
     @property
@@ -496,6 +554,11 @@ class KDConfig:
         for k, default in NEW_FIELD_DEFAULTS.items():
             if k in d and d[k] == default:
                 d.pop(k)
+        if self.epochs == 0:  # pretrained weights evaluated as they are: no training recipe
+            for k in TRAINING_ONLY:
+                d.pop(k, None)
+            if self.eval_batches != "reference":  # the evaluation's batches do not matter
+                d.pop("batch_size")
         if self.role == "teacher":
             for k in ("teacher", "teacher_hash", "method", "method_params", "alpha", "init_epochs"):
                 d.pop(k)

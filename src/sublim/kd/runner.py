@@ -19,7 +19,7 @@ from ..engine.alloc import tune_allocator
 from ..engine.run import resolve_device
 from ..errors import ConfigError
 from .config import KDConfig
-from .data import load_kd_data
+from .data import check_kd_data, load_kd_source
 from .experiment import Experiment, experiment_dir
 from .train import train
 
@@ -236,13 +236,14 @@ def run_experiment(
     status = exp.status()
     if status.get("status") == "completed" and status.get("config_hash") == config.config_hash:
         return {**status, "skipped": True, "dir": str(exp.dir)}
+    check_kd_data(config)  # a streamed dataset's folder, before any directory is made
     weights = load_teacher_weights(config) if config.role == "student" else None
     device = resolve_device(config.device)
     with exp:  # the lock first, then the status it protects
         status = exp.status()
         if status.get("status") == "completed" and status.get("config_hash") == config.config_hash:
             return {**status, "skipped": True, "dir": str(exp.dir)}
-        data = load_kd_data(config, progress)
+        data = load_kd_source(config, progress)
         exp.write_config()
         resume = exp.load("last.pt") if status.get("status") in ("in_progress", "failed") else None
         if resume is not None and resume.get("config_hash") != config.config_hash:

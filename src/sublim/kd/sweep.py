@@ -125,8 +125,9 @@ TRAIN_IMAGES = {
     "mnist": 60_000,
     "fashion-mnist": 60_000,
     "kmnist": 60_000,
+    "imagenet": 1_281_167,  # ILSVRC2012
 }
-TEST_IMAGES = {"svhn": 26_032}  # 10,000 for the others
+TEST_IMAGES = {"svhn": 26_032, "imagenet": 50_000}  # 10,000 for the others
 _FORWARD_FLOPS: dict[tuple[str, int, int], float] = {}
 
 

@@ -1,10 +1,13 @@
 """The KD training loop: a teacher on labels, or a student distilled from a frozen teacher.
 
-Data stays on the device as uint8 and is normalised and augmented per batch (crop + flip as one
-grid_sample, from a generator derived from (seed, epoch, step)); the epoch order comes from
-(seed, epoch). Training is therefore a function of (config, epoch): a run resumed from the
-checkpoint written after epoch e continues exactly as if it had never stopped (bit for bit on a
-CPU). This module computes; the `sink` it is given (kd.runner's experiment) writes the files.
+Batches come from a `kd.batches` source: an in-memory dataset stays on the device as uint8 and
+is normalised and augmented per batch (crop + flip as one grid_sample, from a generator derived
+from (seed, epoch, step)); a streamed one (ImageNet) is decoded and augmented per image by loader
+workers, seeded by (seed, epoch, index). Either epoch order comes from (seed, epoch). Training is
+therefore a function of (config, epoch): a run resumed from the checkpoint written after epoch e
+continues exactly as if it had never stopped (bit for bit on a CPU). A teacher with --epochs 0
+only evaluates its --pretrained weights once. This module computes; the `sink` it is given
+(kd.runner's experiment) writes the files.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ from ..engine.augment import Augmenter
 from ..engine.train import Normalizer
 from ..geometry.gram import one_thread
 from ..models.net import channels_last as to_channels_last
+from .batches import MemoryBatches, Source, make_source, memory_test_batches
 from .config import KDConfig
-from .data import KDData
+from .data import KDData, StreamData
 from .dot import DOT
 from .losses import Distiller, combine, create_distiller, layer_tap
 from .losses.base import TapShapes
@@ -36,6 +40,7 @@ from .losses.layers import STANDARD_LAYERS
 from .models import TapNet, create_model
 
 HISTORY_KEYS = ("epoch", "stage", "lr", "train_loss", "train_acc", "test_loss", "test_acc")
+PRETRAINED_STAGE = "pretrained"  # the one history row of an --epochs 0 run: no training
 _LAYER = re.compile(r"^L(\d+)$")
 
 
@@ -397,30 +402,43 @@ def evaluate(
     `last`: batches channels-last, as the models are. `reference`: the KD_wo_CE code's
     evaluation, floor(N / bsize) sequential batches (the last partial one dropped), accuracy
     over the images seen and the loss the mean of the batch means."""
+    batches = memory_test_batches(x_all, y_all, norm, bsize, reference)
+    return evaluate_batches(models, batches, amp, x_all.device, last)
+
+
+@torch.no_grad()
+def evaluate_batches(
+    models: Models,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    amp: bool,
+    device: torch.device,
+    last: bool = False,
+) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of the student over (normalised x, y) test batches on
+    `device`, in eval mode."""
     models.student.eval()
     d = models.distiller
     if d is not None:
         d.eval()
     own_head = d is None or (d.name != "simkd" and not d.uses_tail)
     taps_needed = ("logits",) if own_head else models.student_taps
-    device = x_all.device
     loss = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device)
-    n = x_all.shape[0] // bsize * bsize if reference else x_all.shape[0]
-    for i in range(0, n, bsize):
+    n = 0
+    for x, y in batches:
         with torch.autocast(device.type, enabled=amp):
-            taps = run_taps(models.student, _layout(norm(x_all[i : i + bsize]), last), taps_needed)
+            taps = run_taps(models.student, _layout(x, last), taps_needed)
             logits = predict(models, taps).float()
-        y = y_all[i : i + bsize]
         loss += F.cross_entropy(logits, y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
+        n += y.numel()
     # equal batches: the mean of the batch means is the mean over the images seen
     return loss.item() / max(n, 1), correct.item() / max(n, 1)
 
 
 def train(
     config: KDConfig,
-    data: KDData,
+    data: KDData | StreamData,
     device: torch.device,
     teacher_weights: dict[str, torch.Tensor] | None,
     sink: Sink,
@@ -430,7 +448,9 @@ def train(
 ) -> dict[str, Any]:
     """Train to the end (resuming from `resume`, a state the sink saved); returns the summary.
 
-    `stop_after(epoch)` (tests) ends the loop after that epoch as a kill would, state saved."""
+    `stop_after(epoch)` (tests) ends the loop after that epoch as a kill would, state saved.
+    With --epochs 0 (a teacher's --pretrained weights) it evaluates once and saves them as
+    best."""
     models = build_models(config, device, teacher_weights)
     if models.distiller is not None:  # CRD: memory banks sized and seeded (resume overwrites)
         models.distiller.bind_data(data.train_y, config.seed)
@@ -466,12 +486,13 @@ def train(
             torch.cuda.set_rng_state_all(resume["cuda_rng"])
     else:  # Dropout (vgg*_bn classifiers) draws from the global RNG: seeded, so runs repeat
         torch.manual_seed(seeds.derive(config.seed, "kd", "dropout"))
-    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
-    test_x, test_y = data.test_x.to(device), data.test_y.to(device)  # moved once, not per epoch
+    source = make_source(config, data, device, norm, augment)  # in memory: moved once
     if config.teacher_logits == "reference" and models.distiller is not None:
-        models.teacher_logits = reference_logits(config, teacher_weights, train_x, norm, data, amp)
-    n, bs = train_x.shape[0], config.batch_size
-    steps = n // bs if config.drop_last else (n + bs - 1) // bs
+        assert isinstance(source, MemoryBatches) and isinstance(data, KDData)  # KDConfig checks
+        models.teacher_logits = reference_logits(
+            config, teacher_weights, source.train_x, norm, data, amp
+        )
+    steps = source.steps
     total_epochs = config.init_stage + config.epochs
     started = time.perf_counter()
     bar = tqdm(
@@ -483,6 +504,8 @@ def train(
         dynamic_ncols=True,
     )
     try:
+        if total_epochs == 0 and not state.history["epoch"]:  # pretrained weights, as they are
+            _evaluate_pretrained(config, models, opt, scaler, state, source, amp, last, sink)
         while state.epoch < total_epochs:
             e = state.epoch
             if e == config.init_stage and stage == "init":
@@ -503,24 +526,17 @@ def train(
                 scaler,
                 norm,
                 augment,
-                train_x,
-                train_y,
+                None,
+                None,
                 e,
                 stage,
                 amp,
                 bar,
                 terms,
+                source=source,
             )
-            test_loss, test_acc = evaluate(
-                models,
-                test_x,
-                test_y,
-                norm,
-                amp,
-                bsize=config.batch_size if config.eval_batches == "reference" else 1000,
-                last=last,
-                reference=config.eval_batches == "reference",
-            )
+            test_loss, test_acc = evaluate_batches(models, source.test(), amp, device, last)
+            seen = max(seen, 1)  # a streamed epoch whose every file was unreadable
             for key, value in zip(
                 HISTORY_KEYS,
                 (e + 1, stage, lr, loss_sum / seen, correct / seen, test_loss, test_acc),
@@ -531,26 +547,19 @@ def train(
             state.history.setdefault("terms", [{} for _ in state.history["epoch"][:-1]]).append(
                 {k: v.item() / seen for k, v in terms.items()}
             )
+            _record_skipped(state, source)
             best = None
             if stage == "main" and test_acc > state.best_acc:
                 state.best_acc, state.best_epoch = test_acc, main_epoch + 1
-                best = {
-                    "weights": _cpu(models.student.state_dict()),
-                    "distiller": {}
-                    if models.distiller is None
-                    else _cpu(models.distiller.state_dict()),
-                    "model": config.model,
-                    "num_classes": config.num_classes,
-                    "epoch": main_epoch + 1,
-                    "test_acc": test_acc,
-                    "config_hash": config.config_hash,
-                }
+                best = _best(config, models, main_epoch + 1, test_acc)
             state.epoch = e + 1
             sink.save_epoch(_resumable(config, models, opt, scaler, state, stage), best)
             if stop_after is not None and stop_after(e):
                 break
     finally:
         bar.close()
+        if hasattr(source, "close"):
+            source.close()
     h = state.history
     return {
         "epoch": state.epoch,
@@ -559,7 +568,52 @@ def train(
         "last_acc": h["test_acc"][-1] if h["test_acc"] else None,
         "train_seconds": time.perf_counter() - started,
         "extra_parameters": 0 if models.distiller is None else models.distiller.extra_parameters(),
+        "skipped_files": source.skipped_files,
     }
+
+
+def _record_skipped(state: Progress, source: Source) -> None:
+    """The epoch's count of distinct unreadable files met so far (0 in memory; older
+    checkpoints lack the list: zeros before)."""
+    earlier = [0 for _ in state.history["epoch"][:-1]]
+    state.history.setdefault("skipped_files", earlier).append(source.skipped_files)
+
+
+def _best(config: KDConfig, models: Models, epoch: int, test_acc: float) -> dict[str, Any]:
+    """best.pt's content: the weights (and the method's state) after main-stage `epoch`."""
+    return {
+        "weights": _cpu(models.student.state_dict()),
+        "distiller": {} if models.distiller is None else _cpu(models.distiller.state_dict()),
+        "model": config.model,
+        "num_classes": config.num_classes,
+        "epoch": epoch,
+        "test_acc": test_acc,
+        "config_hash": config.config_hash,
+    }
+
+
+def _evaluate_pretrained(
+    config: KDConfig,
+    models: Models,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    state: Progress,
+    source: Source,
+    amp: bool,
+    last: bool,
+    sink: Sink,
+) -> None:
+    """An --epochs 0 run: the loaded weights evaluated once, recorded as epoch 0 (stage
+    "pretrained", no training values) and saved as best.pt as they are."""
+    test_loss, test_acc = evaluate_batches(models, source.test(), amp, source.device, last)
+    row = (0, PRETRAINED_STAGE, None, None, None, test_loss, test_acc)
+    for key, value in zip(HISTORY_KEYS, row, strict=True):
+        state.history[key].append(value)
+    state.history.setdefault("terms", []).append({})
+    _record_skipped(state, source)
+    state.best_acc, state.best_epoch = test_acc, 0
+    best = _best(config, models, 0, test_acc)
+    sink.save_epoch(_resumable(config, models, opt, scaler, state, "main"), best)
 
 
 def _epoch(
@@ -569,17 +623,25 @@ def _epoch(
     scaler: torch.amp.GradScaler,
     norm: Normalizer,
     augment: Augmenter,
-    train_x: torch.Tensor,
-    train_y: torch.Tensor,
+    train_x: torch.Tensor | None,
+    train_y: torch.Tensor | None,
     epoch: int,
     stage: str,
     amp: bool,
     bar: tqdm,
     terms: dict[str, torch.Tensor] | None = None,
+    source: Source | None = None,
 ) -> tuple[float, float, int]:
     """One pass over the training set; returns (summed loss, correct count, images seen) and
-    adds each named loss term (ce and the method's), times the batch size, to `terms`."""
-    last = channels_last(config, train_x.device)
+    adds each named loss term (ce and the method's), times the batch size, to `terms`.
+
+    The batches come from `source`, else from `train_x`/`train_y` on the device (in memory,
+    normalised by `norm` and augmented by `augment`)."""
+    if source is None:
+        assert train_x is not None and train_y is not None
+        source = MemoryBatches(config, train_x, train_y, norm, augment)
+    device = source.device
+    last = channels_last(config, device)
     student, teacher, distiller = models.student, models.teacher, models.distiller
     init = distiller.init_stage if distiller is not None and stage == "init" else None
     student.train()
@@ -594,26 +656,20 @@ def _epoch(
     runs_student = init is None or init.student != "none"
     # AB's and FSP's main stage is plain cross-entropy: no distiller loss, no teacher forward
     distills = distiller is not None and (init is not None or not distiller.ce_only_main)
-    n, bs = train_x.shape[0], config.batch_size
-    perm = torch.randperm(n, generator=seeds.generator(config.seed, "kd", "shuffle", epoch))
-    perm = perm.to(train_x.device)
-    loss_sum = torch.zeros((), device=train_x.device)
-    correct = torch.zeros((), device=train_x.device)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    seen = 0
     ce_weight = 1.0 if distiller is None or config.alpha is not None else distiller.ce_weight
     main_epoch = epoch - config.init_stage
-    steps = n // bs if config.drop_last else (n + bs - 1) // bs
+    steps = source.steps
     per_batch = stage == "main" and config.stepped_per_batch
     detach_after = getattr(distiller, "detach_after", None) if stage == "main" else None
     if config.ce_weight is not None:  # the experiment's own cross-entropy weight
         ce_weight = config.ce_weight
-    for step in range(steps):
-        i = step * bs
-        idx = perm[i : i + bs]
+    for step, (x, y, idx) in enumerate(source.epoch(epoch)):
         if per_batch:
             set_lr(opt, *config.onecycle_at(main_epoch * steps + step, steps))
-        x = augment(norm.take(train_x, idx), epoch, i // bs)
         x = _layout(x, last)
-        y = train_y[idx]
         with torch.autocast(x.device.type, enabled=amp):
             s = None
             if runs_student:
@@ -659,10 +715,11 @@ def _epoch(
             scaler.step(opt)
             scaler.update()
         loss_sum += loss.detach().float() * idx.numel()
+        seen += idx.numel()
         if s is not None:
             correct += _train_correct(models, s, y, amp)
         bar.update(1)
-    return loss_sum.item(), correct.item(), min(n, steps * bs)
+    return loss_sum.item(), correct.item(), seen
 
 
 @torch.no_grad()

@@ -32,6 +32,7 @@ STATUS_KEYS: tuple[str, ...] = (
     "seconds",
     "train_seconds",
     "extra_parameters",
+    "skipped_files",
     "error",
 )
 STATUS_HELP: dict[str, str] = {
@@ -42,7 +43,8 @@ STATUS_HELP: dict[str, str] = {
     "epoch": "epochs finished so far, init-stage epochs (`init_epochs`) counted first",
     "epochs": "epochs in all: init_epochs + epochs",
     "best_acc": "best test accuracy over the main-stage epochs so far (-1 before the first)",
-    "best_epoch": "main-stage epoch (from 1) of best_acc, whose weights are best.pt (-1 before "
+    "best_epoch": "main-stage epoch (from 1; 0 for an `epochs = 0` run's pretrained weights) "
+    "of best_acc, whose weights are best.pt (-1 before "
     "the first)",
     "last_acc": "test accuracy after the last finished epoch",
     "started_at": "UTC time this training session started (ISO 8601, microseconds; a resume "
@@ -53,14 +55,18 @@ STATUS_HELP: dict[str, str] = {
     "and evaluation)",
     "extra_parameters": "completed only: parameters the method adds (regressors, projectors, "
     "a teacher tail ...); 0 without distillation",
+    "skipped_files": "completed only: distinct image files found unreadable and skipped in the "
+    "last session (each warned about once); 0 for the in-memory datasets",
     "error": "failed only: the exception's type and message, on one line (at most 500 "
     "characters; `KeyboardInterrupt: interrupted` for Ctrl-C)",
 }
 
-METRICS_KEYS: tuple[str, ...] = (*HISTORY_KEYS, "terms")
+METRICS_KEYS: tuple[str, ...] = (*HISTORY_KEYS, "terms", "skipped_files")
 METRICS_HELP: dict[str, str] = {
-    "epoch": "epoch number, from 1, init-stage epochs counted first",
-    "stage": "init (FitNets' hint stage or FT's paraphraser stage, `init_epochs`) or main",
+    "epoch": "epoch number, from 1, init-stage epochs counted first; 0 for the one row of an "
+    "`epochs = 0` run (pretrained weights evaluated, not trained)",
+    "stage": "init (FitNets' hint stage or FT's paraphraser stage, `init_epochs`) or main; "
+    "pretrained for an `epochs = 0` run, whose lr, train_loss and train_acc are null",
     "lr": "learning rate the epoch started with (with a per-batch OneCycle schedule, its first "
     "step's)",
     "train_loss": "mean over the epoch's training samples of the loss that was minimised "
@@ -73,6 +79,9 @@ METRICS_HELP: dict[str, str] = {
     "terms": "per epoch, an object of the named loss terms' means over the training samples: "
     "`ce` (unweighted cross-entropy) and the method's terms as weighted in the loss (e.g. `kd`, "
     "`dkd_tckd`, `feat`); {} in an init stage",
+    "skipped_files": "per epoch, distinct image files found unreadable so far in this session "
+    "(a streamed dataset such as imagenet drops them from their batch, warned about once); 0 "
+    "for the in-memory datasets",
 }
 
 LAST_KEYS: tuple[str, ...] = (
@@ -120,7 +129,8 @@ BEST_HELP: dict[str, str] = {
     "tail ...); {} without one",
     "model": "the model's name, e.g. resnet8",
     "num_classes": "number of classes of its head",
-    "epoch": "the main-stage epoch (from 1) of these weights",
+    "epoch": "the main-stage epoch (from 1) of these weights; 0: pretrained weights as loaded "
+    "(`epochs = 0`)",
     "test_acc": "their test accuracy",
     "config_hash": "the experiment's config hash",
 }
