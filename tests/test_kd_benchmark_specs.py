@@ -87,3 +87,40 @@ def test_benchmark_specs_dry_run(spec: str, tmp_path: Path, capsys: pytest.Captu
         == {"kd_crd_cifar100.toml": "558", "kd_mdistiller_cifar100.toml": "456"}[spec]
     )
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_imagenet_spec_is_mdistillers_table(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """kd_imagenet.toml: the two pairs x mdistiller's ImageNet methods (OFD on R50 -> MV1 only,
+    CRD+KD on R34 -> R18 only), one seed, torchvision teachers evaluated, not trained; the dry
+    run needs no ImageNet folder."""
+    spec = FIGURES / "kd_imagenet.toml"
+    plan = load_plan(spec, str(tmp_path))
+    r18, mv1 = ("resnet34_imagenet", "resnet18_imagenet"), ("resnet50_imagenet", "mobilenetv1")
+    cells = Counter((s.teacher, s.model, s.label) for s in plan.students)
+    common = {"kd", "at", "crd", "reviewkd", "dkd", "kd_dot"}
+    assert {m for t, s, m in cells if (t, s) == r18} == common | {"crd_kd"}
+    assert {m for t, s, m in cells if (t, s) == mv1} == common | {"ofd"}
+    assert set(cells.values()) == {1} and len(plan.students) == 14
+    teachers = [c for c in plan.teachers if c.model in {r18[0], mv1[0]}]
+    assert [(c.epochs, c.pretrained, c.seed) for c in teachers] == [(0, "auto", 0)] * 2
+    alone = {c.model: c for c in plan.teachers if c.label == "alone"}
+    assert set(alone) == {"resnet18_imagenet", "mobilenetv1"} and len(plan.teachers) == 4
+    recipe = {(s.model, s.label): (s.batch_size, s.lr) for s in plan.students}
+    assert recipe[("resnet18_imagenet", "kd")] == (512, 0.2)
+    assert recipe[("resnet18_imagenet", "crd")] == recipe[("mobilenetv1", "reviewkd")] == (256, 0.1)
+    assert recipe[("mobilenetv1", "ofd")] == (128, 0.05)
+    first = plan.students[0]
+    assert (first.epochs, first.milestones, first.weight_decay) == (100, (30, 60, 90), 1e-4)
+    assert first.label_smoothing == 0.0 and first.momentum == 0.9
+    params = {(s.model, s.label): s.method_params for s in plan.students}
+    assert params[("resnet18_imagenet", "dkd")]["beta"] == 0.5
+    assert params[("mobilenetv1", "dkd")]["beta"] == 2.0
+    assert params[("mobilenetv1", "reviewkd")]["weight"] == 8.0
+    assert params[("mobilenetv1", "at")]["teacher_taps"] == ["stage1", "stage2", "stage3"]
+    assert params[("resnet18_imagenet", "crd")]["negatives"] == "with_replacement"
+    assert params[("resnet18_imagenet", "kd_dot")]["delta"] == 0.09
+    args = ["kd", "sweep", str(spec), "--outdir", str(tmp_path), "--dry-run"]
+    assert main(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert next(line for line in out if line.startswith("total")).split()[1] == "18"
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
