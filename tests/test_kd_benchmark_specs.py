@@ -117,6 +117,8 @@ def test_imagenet_spec_is_mdistillers_table(tmp_path: Path, capsys: pytest.Captu
     assert params[("mobilenetv1", "dkd")]["beta"] == 2.0
     assert params[("mobilenetv1", "reviewkd")]["weight"] == 8.0
     assert params[("mobilenetv1", "at")]["teacher_taps"] == ["stage1", "stage2", "stage3"]
+    last3 = ["stage2_pre", "stage3_pre", "stage4_pre"]  # mdistiller's OFD: 256->512 ... 1024->2048
+    assert params[("mobilenetv1", "ofd")]["student_taps"] == last3
     assert params[("resnet18_imagenet", "crd")]["negatives"] == "with_replacement"
     assert params[("resnet18_imagenet", "kd_dot")]["delta"] == 0.09
     args = ["kd", "sweep", str(spec), "--outdir", str(tmp_path), "--dry-run"]

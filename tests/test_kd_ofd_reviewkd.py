@@ -443,3 +443,19 @@ def test_registered_with_the_reference_weights():
     assert (ReviewKD.name, ReviewKD.default_weight, ReviewKD.ce_weight) == ("reviewkd", 5.0, 1.0)
     for cls in (OFD, ReviewKD):
         assert cls.__doc__ and "Reference" in cls.__doc__
+
+
+def test_ofd_named_taps_give_mdistillers_imagenet_connectors() -> None:
+    """mdistiller's R50 -> MobileNetV1 OFD: MobileNetV1's last three stages against ResNet50's
+    stages 2-4, connectors 256->512, 512->1024, 1024->2048 (fact sheet 3.7)."""
+    from sublim.kd.train import named_model_shapes
+
+    s = named_model_shapes("mobilenetv1", 1000, (3, 224, 224))
+    t = named_model_shapes("resnet50_imagenet", 1000, (3, 224, 224))
+    taps = ["stage2_pre", "stage3_pre", "stage4_pre"]
+    d = create_distiller("ofd", s, t, student_taps=taps, teacher_taps=taps)
+    pairs = [(c[0].in_channels, c[0].out_channels) for c in d.connectors]
+    assert pairs == [(256, 512), (512, 1024), (1024, 2048)]
+    assert d.teacher_taps == tuple(taps)
+    with pytest.raises(DistillerConfigError, match="together"):
+        create_distiller("ofd", s, t, student_taps=taps)

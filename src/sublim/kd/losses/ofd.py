@@ -5,14 +5,23 @@ teacher responses below a per-channel margin."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Distiller, DistillerConfigError, Shapes, Taps, _preact_taps, _shape, _tap
+from .base import (
+    Distiller,
+    DistillerConfigError,
+    Shapes,
+    Taps,
+    _pair_taps,
+    _preact_taps,
+    _shape,
+    _tap,
+)
 
 
 @torch.no_grad()
@@ -95,6 +104,11 @@ class OFD(Distiller):
         "CONNECTOR.KERNEL_SIZE)",
         "teacher_mode": "the teacher's mode while the student trains: train (BN batch "
         "statistics, as mdistiller runs OFD) or eval (its running statistics)",
+        "student_taps": "the student's pre-activation taps, paired in order with teacher_taps; "
+        "None: its `preact_taps`, the last min(len) of both lists as mdistiller aligns them",
+        "teacher_taps": "the teacher's, each a pre-activation tap with a BatchNorm before it "
+        "(`preact_bns`; e.g. mdistiller's ResNet50 -> MobileNetV1 reads MobileNetV1's last "
+        "three stages); None: its `preact_taps`",
         "weight": "loss weight of the summed stage losses; None: 1e-3, mdistiller's CIFAR "
         "FEAT_WEIGHT (1e-4 on ImageNet)",
     }
@@ -106,6 +120,8 @@ class OFD(Distiller):
         *,
         connector_kernel: int = 1,
         teacher_mode: Literal["train", "eval"] = "train",
+        student_taps: Sequence[str] | None = None,
+        teacher_taps: Sequence[str] | None = None,
         weight: float | None = None,
     ) -> None:
         super().__init__(s_shapes, t_shapes, weight=weight)
@@ -114,10 +130,19 @@ class OFD(Distiller):
         if teacher_mode not in ("train", "eval"):
             raise DistillerConfigError("teacher_mode", teacher_mode, "train or eval")
         self.teacher_mode = teacher_mode
-        s_taps = _preact_taps(s_shapes, "student", "student")
-        t_taps = _preact_taps(t_shapes, "teacher", "teacher")
-        n = min(len(s_taps), len(t_taps))
-        self.student_taps, self.teacher_taps = tuple(s_taps[-n:]), tuple(t_taps[-n:])
+        if (student_taps is None) != (teacher_taps is None):
+            raise DistillerConfigError(
+                "teacher_taps", teacher_taps, "give student_taps and teacher_taps together"
+            )
+        if student_taps is None or teacher_taps is None:
+            s_taps = _preact_taps(s_shapes, "student", "student_taps")
+            t_taps = _preact_taps(t_shapes, "teacher", "teacher_taps")
+            n = min(len(s_taps), len(t_taps))
+            self.student_taps, self.teacher_taps = tuple(s_taps[-n:]), tuple(t_taps[-n:])
+        else:
+            self.student_taps, self.teacher_taps = _pair_taps(
+                s_shapes, t_shapes, student_taps, teacher_taps
+            )
         s_ch = [_shape(s_shapes, k, "student", "student", 3)[0] for k in self.student_taps]
         t_ch = [_shape(t_shapes, k, "teacher", "teacher", 3)[0] for k in self.teacher_taps]
         self.connectors = nn.ModuleList(
