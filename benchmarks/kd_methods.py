@@ -118,10 +118,8 @@ def make_config(method: str, student: str, batch: int) -> KDConfig:
 
 
 def stage_optimizer(config: KDConfig, models: train.Models, stage: str) -> torch.optim.Optimizer:
-    """train()'s optimizer for the stage (DOT for kd_dot where train.py builds it)."""
-    if hasattr(train, "_stage_optimizer"):
-        return train._stage_optimizer(config, models, stage)
-    return train._optimizer(config, train._stage_params(config, models, stage))
+    """train()'s optimizer for the stage (DOT for kd_dot)."""
+    return train._stage_optimizer(config, models, stage)
 
 
 def measure(method: str, student: str, stage: str, args: argparse.Namespace) -> Row:
