@@ -64,7 +64,7 @@ def test_every_model_has_a_table_ending_in_a_known_layer(name: str) -> None:
 
 def test_layer_rows_rejects_unknown_names() -> None:
     with pytest.raises(ConfigError, match="--dataset.*cifar10"):
-        layer_rows("resnet9", "imagenet")
+        layer_rows("resnet9", "places365")
     with pytest.raises(ConfigError, match="MODEL.*resnet9"):
         layer_rows("resnet51", "cifar10")
 
