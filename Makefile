@@ -8,7 +8,7 @@ PIP = $(PY) -m pip install -q -c $(TORCH_CONSTRAINTS)
 TORCH_CONSTRAINTS ?= constraints.txt
 OUTDIR ?= outputs/default
 
-.PHONY: run test test-all test-docs docs docs-serve wheel-check lint format bench clean
+.PHONY: run test test-all test-slow test-docs docs docs-serve wheel-check lint format bench clean
 
 $(VENV)/.venv:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ test: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check src tests benchmarks docs notebooks
 	$(VENV)/bin/ruff format --check src tests benchmarks docs notebooks
 	$(PY) -m pytest -q -m "not slow and not docs"
+
+# the slow scientific checks (a published number reproduced, a benchmark's quick run); CI runs them
+test-slow: $(VENV)/.installed-dev
+	$(PY) -m pytest -q -m "slow and not docs" --durations=0
 
 # the tutorials' commands and the notebook, executed at small scale (several minutes)
 test-docs: $(VENV)/.installed-dev

@@ -361,7 +361,6 @@ def test_single_class_training_set_is_one_line(
     assert err.startswith("sublim: error: method: invalid value 'crd'; needs a training set")
 
 
-@pytest.mark.slow  # four short runs (about 8 s on an idle 2-core CPU)
 def test_stopped_crd_run_resumes_to_the_same_banks_and_weights(
     teacher: Path, tmp_path: Path
 ) -> None:

@@ -195,7 +195,6 @@ def test_in_memory_loading_of_imagenet_is_refused(imagenet: Path) -> None:
         load_kd_data(config)
 
 
-@pytest.mark.slow  # four epochs of MobileNetV1 + ResNet18 at 224 px (about 30 s on 2 cores)
 def test_stopped_crd_run_resumes_to_the_same_weights_and_banks(
     teacher: tuple[Path, str], imagenet: Path, tmp_path: Path
 ) -> None:
