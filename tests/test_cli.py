@@ -456,6 +456,7 @@ def test_tiny_run_outputs_and_deterministic_rerun(tmp_path: Path) -> None:
     assert not (tmp_path / "out" / "runs_all_seeds.csv").exists()
 
 
+@pytest.mark.slow  # several CLI runs (~15 s); make test-slow
 def test_append_global_and_two_seeds(tmp_path: Path) -> None:
     # the second run takes its perturbations from a JSON file
     (tmp_path / "perturb.json").write_text(json.dumps(PERTURB_JSON))

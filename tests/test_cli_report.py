@@ -50,6 +50,7 @@ def sublim(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # a real sweep, then its report (~14 s); make test-slow
 def test_report_after_a_real_sweep(tmp_path: Path) -> None:
     (tmp_path / "spec.toml").write_text(SPEC)
     proc = sublim("sweep", "spec.toml", "--outdir", "res", "--quiet", cwd=tmp_path)

@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # every step of the GPU script (~45 s); make test-slow and CI run it
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_gpu_check_dry_run(tmp_path: Path) -> None:
     env = {**os.environ, "SUBLIM_PY": sys.executable, "TMPDIR": str(tmp_path)}

@@ -161,6 +161,7 @@ def test_student_refuses_an_unfinished_or_missing_teacher(cifar: Path, tmp_path:
     assert other["dir"] != first["dir"]
 
 
+@pytest.mark.slow  # a killed subprocess (~25 s); make test-slow
 def test_killed_process_resumes_to_identical_weights(cifar: Path, tmp_path: Path) -> None:
     args = [sys.executable, "-m", "sublim", "kd", "train-teacher", "--dataset", "cifar10"]
     args += ["--data-dir", str(cifar), "--model", "resnet8", "--epochs", "6"]
@@ -309,7 +310,9 @@ def test_report_summarises_kd_experiments(cifar: Path, teacher: Path, tmp_path: 
     assert "KD experiments" in result.table_text and "resnet8" in result.table_text
 
 
-@pytest.mark.parametrize("executor", ["processes:2", "dask-local:2"])
+@pytest.mark.parametrize(
+    "executor", ["processes:2", pytest.param("dask-local:2", marks=pytest.mark.slow)]
+)
 def test_kd_sweep_runs_students_after_their_teachers(
     cifar: Path, tmp_path: Path, executor: str
 ) -> None:

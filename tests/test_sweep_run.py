@@ -76,6 +76,7 @@ def test_dry_run_counts_and_writes_nothing(spec: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow  # several sweeps (~16 s); make test-slow
 def test_sweep_resumes_and_matches_single_runs(spec: Path, tmp_path: Path) -> None:
     first = sweep(str(spec), "--outdir", "o", "--max-runs", "3", cwd=tmp_path)
     assert "3 runs written" in first.stdout
@@ -105,6 +106,7 @@ SEVERAL_STACKS = TINY_SPEC.replace(
 ).replace("student_hidden_dims = [32, 32]\n\n[grid]", "[grid]")
 
 
+@pytest.mark.slow  # kill -9 mid-sweep (~15 s); make test-slow
 def test_kill_9_then_rerun_loses_nothing_and_duplicates_nothing(spec: Path, tmp_path: Path) -> None:
     spec.write_text(SEVERAL_STACKS)
     cmd = [sys.executable, "-m", "sublim", "sweep", str(spec), "--outdir", "o", "--quiet"]
@@ -141,7 +143,9 @@ def test_a_second_writer_is_refused(spec: Path, tmp_path: Path) -> None:
     sweep(str(spec), "--outdir", "o", "--max-runs", "1", cwd=tmp_path)  # free again
 
 
-@pytest.mark.parametrize("executor", ["processes:2", "dask-local:2"])
+@pytest.mark.parametrize(
+    "executor", ["processes:2", pytest.param("dask-local:2", marks=pytest.mark.slow)]
+)
 def test_executors_give_the_inline_rows(spec: Path, tmp_path: Path, executor: str) -> None:
     sweep(str(spec), "--outdir", "inline", "--seeds", "0", cwd=tmp_path)
     sweep(str(spec), "--outdir", "other", "--seeds", "0", "--executor", executor, cwd=tmp_path)
@@ -153,6 +157,7 @@ def test_executors_give_the_inline_rows(spec: Path, tmp_path: Path, executor: st
             assert float(a[h][key]) == pytest.approx(float(b[h][key]), rel=1e-6, abs=1e-9)
 
 
+@pytest.mark.slow  # a real Dask scheduler (~15 s); make test-slow
 def test_dask_scheduler_address(spec: Path, tmp_path: Path) -> None:
     from dask.distributed import LocalCluster
 
@@ -203,6 +208,7 @@ def test_bad_spec_file_names_file_and_key(tmp_path: Path) -> None:
     assert ExperimentConfig  # the API stays importable from the package root
 
 
+@pytest.mark.slow  # SIGINT to a sweep (~35 s); make test-slow
 def test_ctrl_c_writes_what_finished_and_exits_130(spec: Path, tmp_path: Path) -> None:
     spec.write_text(SEVERAL_STACKS)
     cmd = [sys.executable, "-m", "sublim", "sweep", str(spec), "--outdir", "o", "--quiet"]
