@@ -35,7 +35,7 @@ test: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff format --check src tests benchmarks docs notebooks
 	$(PY) -m pytest -q -m "not slow and not docs"
 
-# the slow scientific checks (a published number reproduced, a benchmark's quick run); CI runs them
+# the slow checks (a published number, real processes and signals, a Dask cluster); CI runs them
 test-slow: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -m "slow and not docs" --durations=0
 

@@ -152,6 +152,8 @@ def test_kd_dot_resumes_to_the_same_weights(teacher, tmp_path) -> None:
     [
         (["--optimizer", "adamw"], "--optimizer: invalid value 'adamw'; kd_dot (DOT) is SGD"),
         (["--method-params", '{"delta": 1.5}'], "delta: invalid value 1.5"),
+        (["--schedule", "onecycle"], "--schedule: invalid value 'onecycle'; kd_dot (DOT) keeps"),
+        (["--momentum", "0.95"], "--method-params delta: invalid value 0.075; DOT's momenta"),
     ],
 )
 def test_kd_dot_bad_input_is_one_line(tmp_path, capsys, extra, message) -> None:

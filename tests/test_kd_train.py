@@ -86,7 +86,7 @@ def test_teacher_files_and_skip(cifar: Path, teacher: Path) -> None:
 
 @pytest.mark.parametrize("method", ["none", *sorted(METHODS)])
 def test_every_method_trains_two_steps(cifar: Path, teacher: Path, method: str) -> None:
-    init = 1 if method in ("fitnets", "ft") else 0
+    init = 1 if method in ("fitnets", "ft", "ab", "fsp") else 0
     extra: dict[str, object] = {}
     if method == "fkd":  # the paper's method on the zoo's generalized layers
         layers = {"student_layers": [1, 2], "teacher_layers": [2, 4], "separate_head": True}

@@ -6,6 +6,7 @@ trains, a CE-only main stage without the teacher, resuming inside it, and the CL
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -388,3 +389,19 @@ def test_cli_distills_the_two_stage_methods_on_mnist(tmp_path: Path) -> None:
         assert history["terms"][1].keys() == {"ce"}
         status = json.loads((metrics.parent / "status.json").read_text())
         assert status["status"] == "completed" and status["extra_parameters"] == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"alpha": 0.5}, "--alpha: invalid value 0.5; ab trains on CE alone"),
+        ({"init_epochs": 0}, "--init-epochs: invalid value 0; ab distils only in its init stage"),
+    ],
+)
+def test_ab_refuses_settings_that_would_silently_train_the_student_alone(extra, message) -> None:
+    """AB's and FSP's main stage is plain CE: no init stage, or --alpha scaling that CE, would
+    quietly be a different experiment."""
+    from sublim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        KDConfig(role="student", teacher="resnet8", model="resnet8", method="ab", **extra)

@@ -34,11 +34,17 @@ def benchmark_table(summary: pd.DataFrame) -> pd.DataFrame:
     the published reference (`sublim.analysis.published`) and our difference to it."""
     if summary.empty:
         return pd.DataFrame(columns=list(COLUMNS))
+    records = summary.to_dict("records")
+    recipes: dict[tuple, set] = {}
+    for rec in records:
+        key = (rec["dataset"], rec["teacher"], rec["student"], rec["method"])
+        recipes.setdefault(key, set()).add(rec.get("recipe"))
     stats = {}
-    for rec in summary.to_dict("records"):
+    for rec in records:
         method = rec["method"]
-        if isinstance(rec.get("recipe"), str) and rec["teacher"] != "-":
-            method = f"{method} [{rec['recipe']}]"  # one method, several recipes: kept apart
+        key = (rec["dataset"], rec["teacher"], rec["student"], method)
+        if len(recipes[key]) > 1:  # one method, several recipes: kept apart, only where it is so
+            method = f"{method} [{rec['recipe']}]"
         key = (rec["dataset"], rec["teacher"], rec["student"], method)
         stats.setdefault(key, {})[rec["metric"]] = rec
     pairs = sorted({(d, t, s) for d, t, s, _ in stats if t != "-"})

@@ -34,8 +34,8 @@ def add_parser(sub: Any, parser_class: type) -> None:
     """The `kd` command with its two subcommands."""
     kd = sub.add_parser(
         "kd",
-        help="classical and feature distillation on CIFAR-style models (train-teacher, distill, "
-        "sweep)",
+        help="classical and feature distillation on CIFAR-style and ImageNet models "
+        "(train-teacher, distill, sweep)",
         description="Train teachers and distil students (every method of RepDistiller and "
         "mdistiller: KD, FitNets, AT, FT, RKD, NST, SP, CC, VID, PKT, AB, FSP, KDSVD, CRD, OFD, "
         "ReviewKD, DKD, DOT, and SimKD, logit standardisation, KD_wo_CE's feature KD) on "

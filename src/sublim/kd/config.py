@@ -458,6 +458,30 @@ class KDConfig:
                 raise ConfigError(
                     "--amp", True, "kd_dot (DOT's two-pass update) runs without mixed precision"
                 )
+            if self.schedule == "onecycle" or self.nesterov:  # both rewrite DOT's momentum
+                flag, value = (
+                    ("--schedule", "onecycle")
+                    if self.schedule == "onecycle"
+                    else ("--nesterov", True)
+                )
+                raise ConfigError(flag, value, "kd_dot (DOT) keeps a fixed, plain momentum")
+            delta = self.method_params.get("delta", 0.075)
+            if isinstance(delta, int | float) and not delta <= self.momentum < 1 - delta:
+                raise ConfigError(
+                    "--method-params delta",
+                    delta,
+                    f"DOT's momenta m - delta and m + delta must lie in [0, 1) (m = --momentum "
+                    f"{self.momentum:g})",
+                )
+        if self.method in ("ab", "fsp"):  # their main stage is plain cross-entropy
+            if self.alpha is not None:
+                raise ConfigError(
+                    "--alpha", self.alpha, f"{self.method} trains on CE alone after its init stage"
+                )
+            if self.init_epochs == 0:
+                raise ConfigError(
+                    "--init-epochs", 0, f"{self.method} distils only in its init stage: >= 1"
+                )
         if self.init_epochs is not None:
             _int("init_epochs", self.init_epochs, 0)
             if self.init_epochs and self.method not in INIT_EPOCHS:
