@@ -310,9 +310,8 @@ def test_report_summarises_kd_experiments(cifar: Path, teacher: Path, tmp_path: 
     assert "KD experiments" in result.table_text and "resnet8" in result.table_text
 
 
-@pytest.mark.parametrize(
-    "executor", ["processes:2", pytest.param("dask-local:2", marks=pytest.mark.slow)]
-)
+@pytest.mark.slow  # real worker processes and a Dask cluster (~40 s); make test-slow and CI
+@pytest.mark.parametrize("executor", ["processes:2", "dask-local:2"])
 def test_kd_sweep_runs_students_after_their_teachers(
     cifar: Path, tmp_path: Path, executor: str
 ) -> None:

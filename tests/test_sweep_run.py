@@ -143,9 +143,8 @@ def test_a_second_writer_is_refused(spec: Path, tmp_path: Path) -> None:
     sweep(str(spec), "--outdir", "o", "--max-runs", "1", cwd=tmp_path)  # free again
 
 
-@pytest.mark.parametrize(
-    "executor", ["processes:2", pytest.param("dask-local:2", marks=pytest.mark.slow)]
-)
+@pytest.mark.slow  # real worker processes and a Dask cluster (~40 s); make test-slow and CI
+@pytest.mark.parametrize("executor", ["processes:2", "dask-local:2"])
 def test_executors_give_the_inline_rows(spec: Path, tmp_path: Path, executor: str) -> None:
     sweep(str(spec), "--outdir", "inline", "--seeds", "0", cwd=tmp_path)
     sweep(str(spec), "--outdir", "other", "--seeds", "0", "--executor", executor, cwd=tmp_path)
