@@ -42,6 +42,10 @@ import pathlib, sublim
 where = pathlib.Path(sublim.__file__).resolve()
 assert "site-packages" in where.parts, f"sublim imported from {where}, not the installed wheel"
 print("sublim", sublim.__version__, "from", where.parent)
+from sublim.analysis.published import published
+n = len(published())
+assert n > 250, f"the installed wheel's published KD numbers: {n} rows"
+print("published KD numbers in the wheel:", n, "reference cells")
 PY
 env -u PYTHONPATH "$tmp/venv/bin/sublim" --version
 env -u PYTHONPATH "$tmp/venv/bin/sublim" run --device cpu --outdir out
