@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -129,6 +130,11 @@ def _tap(taps: Taps, name: str, side: str) -> Tensor:
         return taps[name]
     except KeyError:
         raise KeyError(f"the {side} outputs have no tap {name!r}; got {sorted(taps)}") from None
+
+
+def _wide(x: Tensor) -> Tensor:
+    """At least float32: 16-bit (mixed-precision) features are reduced in float32, float64 stays."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def _match_spatial(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:

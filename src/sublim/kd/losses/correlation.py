@@ -20,8 +20,8 @@ from .base import (
     _positive,
     _shape,
     _tap,
+    _wide,
 )
-from .info import _full_precision
 
 # ---------------------------------------------------------------------------------------------
 # CC (Peng et al. 2019)
@@ -154,9 +154,7 @@ class CC(Distiller):
         if self.kernel == "repdistiller":
             return cc_repdistiller_loss(e_s, e_t)
         with torch.autocast(e_s.device.type, enabled=False):
-            return cc_gaussian_loss(
-                _full_precision(e_s), _full_precision(e_t), self.gamma, self.order
-            )
+            return cc_gaussian_loss(_wide(e_s), _wide(e_t), self.gamma, self.order)
 
     def forward(self, s: Taps, t: Taps, targets: Tensor, epoch: int = 0) -> dict[str, Tensor]:
         e_s = self.embed_s(_tap(s, self.student_taps[0], "student").flatten(1))
@@ -222,8 +220,8 @@ def kdsvd_losses(
     prev_s = prev_t = None
     for f_s, f_t in zip(g_s, g_t, strict=True):
         with torch.no_grad():
-            s_t, v_t = svd_vectors(_full_precision(f_t.detach()), k, matrix)
-        _, v_s = svd_vectors(_full_precision(f_s), k + 3, matrix)
+            s_t, v_t = svd_vectors(_wide(f_t.detach()), k, matrix)
+        _, v_s = svd_vectors(_wide(f_s), k + 3, matrix)
         scale = s_t.unsqueeze(1)
         v_s = align_singular_vectors(v_s, v_t) * scale
         v_t = v_t * scale

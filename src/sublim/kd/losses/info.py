@@ -21,13 +21,8 @@ from .base import (
     _positive,
     _shape,
     _tap,
+    _wide,
 )
-
-
-def _full_precision(x: Tensor) -> Tensor:
-    """`x` in float32 when it is a 16-bit float (AMP), else unchanged (float64 stays float64)."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
 
 # ---------------------------------------------------------------------------------------------
 # PKT (Passalis & Tefas 2018)
@@ -50,9 +45,9 @@ def pkt_loss(f_s: Tensor, f_t: Tensor, eps: float = 1e-7) -> Tensor:
     """mean_ij P_t log((P_t + eps) / (P_s + eps)) over the B x B entries (a mean, not a sum,
     as in RepDistiller and mdistiller). Dimensions of `f_s` and `f_t` may differ."""
     with torch.autocast(f_s.device.type, enabled=False):
-        p_s = pkt_probabilities(_full_precision(f_s), eps)
+        p_s = pkt_probabilities(_wide(f_s), eps)
         with torch.no_grad():
-            p_t = pkt_probabilities(_full_precision(f_t.detach()), eps)
+            p_t = pkt_probabilities(_wide(f_t.detach()), eps)
         return (p_t * torch.log((p_t + eps) / (p_s + eps))).mean()
 
 

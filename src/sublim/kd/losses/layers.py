@@ -53,7 +53,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Distiller, DistillerConfigError, Shapes, Taps, _kl_softened, _positive, _tap
+from .base import (
+    Distiller,
+    DistillerConfigError,
+    Shapes,
+    Taps,
+    _kl_softened,
+    _positive,
+    _tap,
+    _wide,
+)
 from .logits import zscore
 
 # The parameters' allowed names: declared once as the annotations' Literal types (which
@@ -171,11 +180,6 @@ def _pool(x: Tensor, size: tuple[int, ...]) -> Tensor:
     if tuple(x.shape[2:]) == size:
         return x
     return F.adaptive_avg_pool1d(x, size) if x.dim() == 3 else F.adaptive_avg_pool2d(x, size)
-
-
-def _wide(x: Tensor) -> Tensor:
-    """At least float32 (mixed-precision features are summed in float32)."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def cosine_matrix(f: Tensor, eps: float = 1e-4) -> Tensor:

@@ -28,6 +28,7 @@ from .base import (
     _positive,
     _preact_taps,
     _tap,
+    _wide,
 )
 from .features import ConvReg
 
@@ -41,7 +42,7 @@ def ab_level_loss(source: Tensor, target: Tensor, margin: float = 1.0) -> Tensor
     off (t <= 0) and s > -m, (s - m)^2 where it is on (t > 0) and s <= m; i.e. the squared
     distance of s to the half-line [m, inf) or (-inf, -m] on the teacher's side."""
     on = target > 0
-    source = source.float() if source.dtype in (torch.float16, torch.bfloat16) else source
+    source = _wide(source)
     gap = torch.where(on, (source - margin).clamp(max=0.0), (source + margin).clamp(min=0.0))
     return gap.pow(2).sum()  # in float32 at least: the sum overflows float16 under --amp
 
